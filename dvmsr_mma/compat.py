@@ -1,0 +1,149 @@
+"""Make basicsr 1.4.2 (its last release, 2022) work with today's torch, torchvision and numpy.
+
+Every BasicSR fix of this package lives here, applied once by ``import dvmsr_mma`` before anything
+imports ``basicsr``. Each patch names the breakage it fixes and has a test in ``tests/test_compat.py``
+that fails without it.
+"""
+import importlib
+import logging
+import os.path as osp
+import sys
+from typing import Any, Dict, Optional
+
+import torch
+
+_applied = False
+
+
+def _alias_functional_tensor() -> None:
+    """torchvision 0.17 removed ``torchvision.transforms.functional_tensor``, which
+    ``basicsr/data/degradations.py`` imports at ``import basicsr`` time; its functions now live in
+    ``torchvision.transforms._functional_tensor``."""
+    name = 'torchvision.transforms.functional_tensor'
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        sys.modules[name] = importlib.import_module('torchvision.transforms._functional_tensor')
+
+
+def _import_cv2_clearly() -> None:
+    """``opencv-python`` (which basicsr requires) needs libGL; on a headless machine ``import cv2``
+    fails deep inside ``import basicsr`` with a bare ``libGL.so.1`` error. Say how to fix it."""
+    try:
+        import cv2  # noqa: F401
+    except ImportError as err:
+        if 'libGL' not in str(err) and 'libgthread' not in str(err):
+            raise
+        raise ImportError(f'OpenCV cannot load a system library ({err}). On a headless machine use the headless '
+                          'build: pip uninstall -y opencv-python opencv-python-headless && '
+                          'pip install opencv-python-headless') from err
+
+
+def _training_states_dir(opt: Dict[str, Any]) -> str:
+    """Where a run's resume states are; upstream looks under a cwd-relative ``experiments/`` although
+    runs are written under ``root_path``, and then archives the run it did not find."""
+    return osp.join(opt['path']['experiments_root'], 'training_states')
+
+
+def _resume_map_location(opt: Dict[str, Any]) -> Optional[torch.device]:
+    if opt.get('num_gpu', 0) and torch.cuda.is_available():
+        return torch.device('cuda', torch.cuda.current_device())
+    return torch.device('cpu')
+
+
+def load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """Replacement for ``basicsr.train.load_resume_state``.
+
+    Upstream calls ``torch.cuda.current_device()`` (crashes without CUDA), maps every tensor onto CUDA,
+    and relies on ``torch.load``'s old ``weights_only=False`` default: since torch 2.6 the scheduler's
+    ``Counter`` in a resume state is refused. Resume states are written by this training code itself,
+    so they are unpickled fully; network weights elsewhere keep ``weights_only=True``.
+    """
+    from basicsr.train import check_resume
+    from basicsr.utils import scandir
+
+    resume_state_path = None
+    if opt['auto_resume']:
+        state_dir = _training_states_dir(opt)
+        if osp.isdir(state_dir):
+            iters = [int(v.split('.state')[0]) for v in scandir(state_dir, suffix='.state', recursive=False)]
+            if iters:
+                resume_state_path = osp.join(state_dir, f'{max(iters)}.state')
+                opt['path']['resume_state'] = resume_state_path
+    elif opt['path'].get('resume_state'):
+        resume_state_path = opt['path']['resume_state']
+    if resume_state_path is None:
+        return None
+    if not osp.isfile(resume_state_path):
+        raise FileNotFoundError(f'path.resume_state: no such file: {resume_state_path}')
+    resume_state = torch.load(resume_state_path, map_location=_resume_map_location(opt), weights_only=False)
+    check_resume(opt, resume_state['iter'])
+    return resume_state
+
+
+def _init_dist_pytorch(backend: str, **kwargs: Any) -> None:
+    """Replacement for ``basicsr.utils.dist_util._init_dist_pytorch``: upstream always calls
+    ``torch.cuda.set_device`` and uses NCCL, so ``--launcher pytorch`` dies on CPU-only machines.
+    Without CUDA this uses gloo."""
+    import os
+
+    import torch.distributed as dist
+    if torch.cuda.is_available():
+        rank = int(os.environ['RANK'])
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    else:
+        backend = 'gloo'
+    dist.init_process_group(backend=backend, **kwargs)
+
+
+def check_device_options(opt: Dict[str, Any]) -> None:
+    """Turn BasicSR's device traps into one clear error each, before anything is built.
+
+    Upstream crashes late and obscurely on: ``num_gpu`` above the visible CUDA devices (``cuda`` device
+    on a CPU machine), ``prefetch_mode: cuda`` without CUDA, and hangs forever with
+    ``prefetch_mode: cpu`` plus ``persistent_workers: true``.
+    """
+    available = torch.cuda.device_count()
+    num_gpu = opt.get('num_gpu', 0)
+    if isinstance(num_gpu, int) and num_gpu > available:
+        raise ValueError(f'num_gpu: {num_gpu} but {available} CUDA device(s) are visible; '
+                         'set num_gpu: auto (or 0 for CPU)')
+    for phase, dataset_opt in opt.get('datasets', {}).items():
+        mode = dataset_opt.get('prefetch_mode')
+        if mode == 'cuda' and available == 0:
+            raise ValueError(f'datasets.{phase}.prefetch_mode: cuda needs a CUDA device; remove it or use cpu')
+        if mode == 'cpu' and dataset_opt.get('persistent_workers'):
+            raise ValueError(f'datasets.{phase}: prefetch_mode: cpu with persistent_workers: true hangs in BasicSR; '
+                             'drop one of them')
+
+
+def _checked(parse_options):
+    """Wrap BasicSR's ``parse_options`` so every run goes through :func:`check_device_options`."""
+
+    def parse_options_checked(*args, **kwargs):
+        opt, args_ = parse_options(*args, **kwargs)
+        check_device_options(opt)
+        return opt, args_
+
+    parse_options_checked.__wrapped__ = parse_options
+    return parse_options_checked
+
+
+def apply() -> None:
+    """Apply every patch; idempotent."""
+    global _applied
+    if _applied:
+        return
+    _alias_functional_tensor()
+    _import_cv2_clearly()
+
+    import basicsr.test
+    import basicsr.train
+    from basicsr.utils import dist_util
+
+    basicsr.train.load_resume_state = load_resume_state
+    dist_util._init_dist_pytorch = _init_dist_pytorch
+    basicsr.train.parse_options = _checked(basicsr.train.parse_options)
+    basicsr.test.parse_options = _checked(basicsr.test.parse_options)
+    logging.getLogger('basicsr').debug('dvmsr_mma: basicsr compatibility patches applied')
+    _applied = True
