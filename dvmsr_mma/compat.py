@@ -12,6 +12,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from dvmsr_mma.errors import OptionError
+
 _applied = False
 
 
@@ -106,14 +108,14 @@ def check_device_options(opt: Dict[str, Any]) -> None:
     available = torch.cuda.device_count()
     num_gpu = opt.get('num_gpu', 0)
     if isinstance(num_gpu, int) and num_gpu > available:
-        raise ValueError(f'num_gpu: {num_gpu} but {available} CUDA device(s) are visible; '
+        raise OptionError(f'num_gpu: {num_gpu} but {available} CUDA device(s) are visible; '
                          'set num_gpu: auto (or 0 for CPU)')
     for phase, dataset_opt in opt.get('datasets', {}).items():
         mode = dataset_opt.get('prefetch_mode')
         if mode == 'cuda' and available == 0:
-            raise ValueError(f'datasets.{phase}.prefetch_mode: cuda needs a CUDA device; remove it or use cpu')
+            raise OptionError(f'datasets.{phase}.prefetch_mode: cuda needs a CUDA device; remove it or use cpu')
         if mode == 'cpu' and dataset_opt.get('persistent_workers'):
-            raise ValueError(f'datasets.{phase}: prefetch_mode: cpu with persistent_workers: true hangs in BasicSR; '
+            raise OptionError(f'datasets.{phase}: prefetch_mode: cpu with persistent_workers: true hangs in BasicSR; '
                              'drop one of them')
 
 

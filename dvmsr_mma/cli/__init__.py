@@ -1,0 +1,47 @@
+"""The ``basicsr`` command: BasicSR's own train/test pipelines plus this package's tools.
+
+Each subcommand is one module of this package exposing ``HELP`` (one line) and ``main(argv) -> int``.
+"""
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from dvmsr_mma.errors import OptionError
+
+COMMANDS = {
+    'train': 'dvmsr_mma.cli.train',
+    'test': 'dvmsr_mma.cli.test',
+    'demo': 'dvmsr_mma.cli.demo',
+    'prep': 'dvmsr_mma.cli.prep',
+    'lmdb': 'dvmsr_mma.cli.lmdb',
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is a single ``prog: error: ...`` line."""
+
+    def error(self, message: str):
+        self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
+
+
+def _help_text() -> str:
+    return '\n'.join(f'  {name:<6} {importlib.import_module(module).HELP}' for name, module in COMMANDS.items())
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = OneLineParser(
+        prog='basicsr',
+        description='BasicSR with the DVMSR / MMA Vision-Mamba networks registered.',
+        epilog=f'commands:\n{_help_text()}\n\nRun "basicsr COMMAND --help" for the options of one command.',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('command', choices=list(COMMANDS), metavar='COMMAND', help=', '.join(COMMANDS))
+    parser.add_argument('args', nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    ns = parser.parse_args(argv[:1])
+    command = importlib.import_module(COMMANDS[ns.command])
+    try:
+        return command.main(argv[1:]) or 0
+    except (OptionError, FileNotFoundError) as err:
+        print(f'basicsr {ns.command}: error: {err}', file=sys.stderr)
+        return 2

@@ -1,0 +1,9 @@
+"""``basicsr prep STEP ...``: dataset preparation (sub-images, bicubic LR, LMDB, verify, benchmark layout)."""
+from typing import List
+
+HELP = 'prepare datasets: extract_subimages, make_lr, make_lmdb, verify, benchmark'
+
+
+def main(argv: List[str]) -> int:
+    from datasets_prep.cli import main as prep_main
+    return prep_main(argv)

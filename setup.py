@@ -1,0 +1,31 @@
+"""dvmsr_mma: Vision-Mamba super-resolution (DVMSR, MMA) as a BasicSR plugin."""
+from setuptools import find_packages, setup
+
+setup(
+    name='dvmsr_mma',
+    version='0.1.0',
+    description='DVMSR and MMA Vision-Mamba super-resolution networks and distillation for BasicSR',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.9',
+    packages=find_packages(include=['dvmsr_mma', 'dvmsr_mma.*', 'datasets_prep', 'datasets_prep.*']),
+    package_data={'dvmsr_mma': ['demo/*.yml']},
+    install_requires=[
+        'basicsr==1.4.2',
+        'torch>=1.13',
+        'torchvision',
+        'numpy',
+        'einops',
+        'lmdb',
+        'pyyaml',
+        'tqdm',
+        'scikit-image',  # the demo's images come from its bundled samples
+    ],
+    extras_require={
+        # Optional fast kernels; build only on a CUDA machine. Nothing imports them unconditionally.
+        'cuda': ['mamba-ssm', 'causal-conv1d'],
+        'test': ['pytest', 'pytest-timeout'],
+    },
+    entry_points={'console_scripts': ['basicsr = dvmsr_mma.cli:main']},
+    license='Apache-2.0',
+)
