@@ -1,39 +1,251 @@
-"""Selective scan with the semantics of ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``."""
+"""Selective scan with the semantics of ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``.
+
+The PyTorch path is exact (the same recurrence, in fp32, no division by decays, no clamping) and runs in
+O(sqrt(l)) Python steps instead of l: the sequence is cut into k chunks of t steps, every chunk advances one
+step at a time *together* (tensors of (b, d, k, n)), and the states carried between chunks are found by a
+second, k-step scan over the chunk totals. Memory stays at a few (b, d, k, n) tensors, never (b, d, l, n).
+
+Its backward is a ``torch.autograd.Function``: the adjoint state obeys the same recurrence run in reverse
+(dh_t = C_t dy_t + exp(delta_{t+1} A) dh_{t+1}), so it is found with the same two-level scan; the forward
+states are recomputed from the chunk-start states saved by the forward, a bounded group of chunks at a time.
+"""
+import math
+
 import torch
 import torch.nn.functional as F
 
 from .dispatch import use_kernel
 
-__all__ = ['selective_scan', 'selective_scan_torch']
+__all__ = ['selective_scan', 'selective_scan_torch', 'selective_scan_step_loop']
+
+# Elements (t * b * d * k_group * n) of one per-step state tensor that the backward keeps for a group of chunks.
+BACKWARD_GROUP_ELEMENTS = 1 << 23
+
+
+def _chunk_len(seqlen):
+    """Steps per chunk: about sqrt(l), which minimises t + k (the Python steps of one two-level scan)."""
+    return max(1, math.ceil(math.sqrt(seqlen)))
+
+
+def _to_chunks(x, groups, chunk, nchunks):
+    """(b, d, l) -> (t, b, g, d/g, k): time-major so each step's slice is contiguous; zero-padded to k * t."""
+    b, d, l = x.shape
+    pad = chunk * nchunks - l
+    if pad:
+        x = F.pad(x, (0, pad))
+    return x.view(b, groups, d // groups, nchunks, chunk).permute(4, 0, 1, 2, 3).contiguous()
+
+
+def _from_chunks(x, seqlen):
+    """(t, b, g, d/g, k) -> (b, d, l)."""
+    t, b, g, dg, k = x.shape
+    return x.permute(1, 2, 3, 4, 0).reshape(b, g * dg, k * t)[..., :seqlen]
+
+
+def _bc_to_chunks(x, chunk, nchunks):
+    """(b, g, n, l) -> (t, b, g, 1, k, n), zero-padded."""
+    b, g, n, l = x.shape
+    pad = chunk * nchunks - l
+    if pad:
+        x = F.pad(x, (0, pad))
+    return x.view(b, g, n, nchunks, chunk).permute(4, 0, 1, 3, 2).unsqueeze(3).contiguous()
+
+
+def _bc_from_chunks(x, seqlen):
+    """(t, b, g, 1, k, n) -> (b, g, n, l)."""
+    t, b, g, _, k, n = x.shape
+    return x.squeeze(3).permute(1, 2, 4, 3, 0).reshape(b, g, n, k * t)[..., :seqlen]
+
+
+def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
+    """fp32 copies, delta with bias and softplus applied, B/C as (b, g, n, l)."""
+    u = u.float()
+    delta_raw = delta.float()
+    if delta_bias is not None:
+        delta_raw = delta_raw + delta_bias.float()[:, None]
+    dt = F.softplus(delta_raw) if delta_softplus else delta_raw
+    B = B.float()
+    C = C.float()
+    B = B.unsqueeze(1) if B.dim() == 3 else B
+    C = C.unsqueeze(1) if C.dim() == 3 else C
+    return u, delta_raw, dt, A.float(), B, C
+
+
+def _scan_forward(dt_c, du_c, A_, B_c, C_c):
+    """Two-level scan. Returns y (t, b, g, dg, k) = <C_t, h_t> and the chunk-start states h0 (b, g, dg, k, n).
+
+    dt_c, du_c: (t, b, g, dg, k); A_: (1, g, dg, 1, n); B_c, C_c: (t, b, g, 1, k, n).
+    """
+    chunk, b, g, dg, k = dt_c.shape
+    n = A_.shape[-1]
+    h0 = dt_c.new_zeros(b, g, dg, k, n)
+    if k > 1:
+        # 1) every chunk from a zero state: its end state
+        h = dt_c.new_zeros(b, g, dg, k, n)
+        for t in range(chunk):
+            h.mul_(torch.exp(dt_c[t].unsqueeze(-1) * A_)).add_(du_c[t].unsqueeze(-1) * B_c[t])
+        # 2) carry across chunks: h0_{j+1} = exp(A * sum_chunk(dt)) * h0_j + end_j  (all exponents as in the loop)
+        decay = torch.exp(dt_c.sum(0).unsqueeze(-1) * A_)
+        carry = h0[..., 0, :]
+        for j in range(k - 1):
+            carry = decay[..., j, :] * carry + h[..., j, :]
+            h0[..., j + 1, :] = carry
+        del h, decay
+    # 3) every chunk again from its true start state, emitting outputs
+    h = h0.clone()
+    y = dt_c.new_empty(chunk, b, g, dg, k)
+    for t in range(chunk):
+        h.mul_(torch.exp(dt_c[t].unsqueeze(-1) * A_)).add_(du_c[t].unsqueeze(-1) * B_c[t])
+        torch.sum(h * C_c[t], dim=-1, out=y[t])
+    return y, h0
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        dtype_in = u.dtype
+        b, d, seqlen = u.shape
+        u32, delta_raw, dt, A32, B32, C32 = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+        groups = B32.shape[1]
+        chunk = _chunk_len(seqlen)
+        k = math.ceil(seqlen / chunk)
+        dt_c = _to_chunks(dt, groups, chunk, k)
+        du_c = _to_chunks(dt * u32, groups, chunk, k)
+        A_ = A32.view(1, groups, d // groups, 1, -1)
+        y_c, h0 = _scan_forward(dt_c, du_c, A_, _bc_to_chunks(B32, chunk, k), _bc_to_chunks(C32, chunk, k))
+        out = _from_chunks(y_c, seqlen)
+        if D is not None:
+            out = out + u32 * D.float()[:, None]
+        if z is not None:
+            out = out * F.silu(z.float())
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0)
+        ctx.delta_softplus = delta_softplus
+        ctx.chunk = chunk
+        return out.to(dtype_in)
+
+    @staticmethod
+    def backward(ctx, gout):
+        u, delta, A, B, C, D, z, delta_bias, h0 = ctx.saved_tensors
+        b, d, seqlen = u.shape
+        chunk = ctx.chunk
+        k = h0.shape[-2]
+        u32, delta_raw, dt, A32, B32, C32 = _prepare(u, delta, A, B, C, delta_bias, ctx.delta_softplus)
+        groups = B32.shape[1]
+        dg = d // groups
+        n = A32.shape[1]
+        gout = gout.float()
+        gy = gout * F.silu(z.float()) if z is not None else gout  # grad of the pre-gate output
+        dt_c = _to_chunks(dt, groups, chunk, k)
+        du_c = _to_chunks(dt * u32, groups, chunk, k)
+        gy_c = _to_chunks(gy, groups, chunk, k)
+        B_c = _bc_to_chunks(B32, chunk, k)
+        C_c = _bc_to_chunks(C32, chunk, k)
+        A_ = A32.view(1, groups, dg, 1, n)
+
+        # adjoint entering each chunk's last state from later chunks (b, g, dg, k, n), by a two-level reverse scan
+        e = dt_c.new_zeros(b, groups, dg, k, n)
+        if k > 1:
+            # 1) every chunk from a zero adjoint: exp(dt_first A) * dh_first
+            g = dt_c.new_zeros(b, groups, dg, k, n)
+            for t in range(chunk - 1, -1, -1):
+                g.add_(gy_c[t].unsqueeze(-1) * C_c[t]).mul_(torch.exp(dt_c[t].unsqueeze(-1) * A_))
+            decay = torch.exp(dt_c.sum(0).unsqueeze(-1) * A_)
+            carry = e[..., k - 1, :]
+            for j in range(k - 1, 0, -1):
+                carry = g[..., j, :] + decay[..., j, :] * carry
+                e[..., j - 1, :] = carry
+            del g, decay
+
+        g_dt_c = torch.empty_like(dt_c)
+        g_du_c = torch.empty_like(dt_c)
+        g_B_c = torch.empty_like(B_c)
+        g_C_c = torch.empty_like(C_c)
+        y_c = torch.empty_like(dt_c) if z is not None else None
+        g_A = torch.zeros_like(A_)
+        per_chunk = chunk * b * d * n
+        kg = max(1, min(k, BACKWARD_GROUP_ELEMENTS // per_chunk))
+        for j0 in range(0, k, kg):
+            sl = slice(j0, min(k, j0 + kg))
+            dt_g, du_g, gy_g = dt_c[..., sl], du_c[..., sl], gy_c[..., sl]
+            B_g, C_g = B_c[..., sl, :], C_c[..., sl, :]
+            decay = torch.exp(dt_g.unsqueeze(-1) * A_)  # (t, b, g, dg, kg, n)
+            # states h_t of this group, recomputed from the saved chunk-start states
+            hs = torch.empty_like(decay)
+            h = h0[..., sl, :]
+            for t in range(chunk):
+                h = torch.addcmul(du_g[t].unsqueeze(-1) * B_g[t], decay[t], h)
+                hs[t] = h
+            # adjoint states dh_t
+            gs = torch.empty_like(decay)
+            gh = e[..., sl, :]
+            for t in range(chunk - 1, -1, -1):
+                gh = torch.addcmul(gh, gy_g[t].unsqueeze(-1), C_g[t])
+                gs[t] = gh
+                gh = gh * decay[t]
+            if y_c is not None:
+                y_c[..., sl] = (hs * C_g).sum(-1)
+            g_C_c[..., sl, :] = (hs * gy_g.unsqueeze(-1)).sum(3, keepdim=True)
+            g_B_c[..., sl, :] = (gs * du_g.unsqueeze(-1)).sum(3, keepdim=True)
+            g_du_c[..., sl] = (gs * B_g).sum(-1)
+            # d loss / d (dt A) at step t is dh_t * exp(dt_t A) * h_{t-1}
+            hs[1:] = hs[:-1].clone()
+            hs[0] = h0[..., sl, :]
+            q = gs.mul_(decay).mul_(hs)
+            del hs, decay
+            g_dt_c[..., sl] = (q * A_).sum(-1)
+            g_A += (q * dt_g.unsqueeze(-1)).sum((0, 1, 4), keepdim=True).squeeze(0)
+            del q
+
+        g_du = _from_chunks(g_du_c, seqlen)
+        g_dt = _from_chunks(g_dt_c, seqlen) + g_du * u32
+        g_u = g_du * dt
+        g_D = g_z = None
+        if D is not None:
+            g_u = g_u + gy * D.float()[:, None]
+            g_D = (gy * u32).sum((0, 2)).to(D.dtype)
+        if z is not None:
+            out = _from_chunks(y_c, seqlen)
+            if D is not None:
+                out = out + u32 * D.float()[:, None]
+            z32 = z.float()
+            sig = torch.sigmoid(z32)
+            g_z = (gout * out * sig * (1 + z32 * (1 - sig))).to(z.dtype)
+        if ctx.delta_softplus:
+            g_dt = g_dt * torch.sigmoid(delta_raw)
+        g_delta_bias = None if delta_bias is None else g_dt.sum((0, 2)).to(delta_bias.dtype)
+        g_B = _bc_from_chunks(g_B_c, seqlen)
+        g_C = _bc_from_chunks(g_C_c, seqlen)
+        g_B = g_B.squeeze(1) if B.dim() == 3 else g_B
+        g_C = g_C.squeeze(1) if C.dim() == 3 else g_C
+        return (g_u.to(u.dtype), g_dt.to(delta.dtype), g_A.view(d, n).to(A.dtype), g_B.to(B.dtype),
+                g_C.to(C.dtype), g_D, g_z, g_delta_bias, None)
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """PyTorch path (placeholder: step-by-step, fp32)."""
+    """Exact PyTorch selective scan (any device, any length), with its own O(sqrt(l))-step backward."""
+    if A.is_complex():
+        raise NotImplementedError('selective_scan: the PyTorch path supports real A only')
+    if B.dim() == 4 and u.shape[1] % B.shape[1]:
+        raise ValueError(f'selective_scan: d={u.shape[1]} is not divisible by the {B.shape[1]} groups of B')
+    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+def selective_scan_step_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Plain step-by-step loop over l (autograd through it); the baseline the benchmark compares against."""
     dtype_in = u.dtype
-    u = u.float()
-    delta = delta.float()
-    if delta_bias is not None:
-        delta = delta + delta_bias[..., None].float()
-    if delta_softplus:
-        delta = F.softplus(delta)
-    b, d, l = u.shape
-    n = A.shape[1]
-    A = A.float()
-    B = B.float()
-    C = C.float()
-    if B.dim() == 3:
-        B = B.unsqueeze(1)
-    if C.dim() == 3:
-        C = C.unsqueeze(1)
+    u, _, dt, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    b, d, seqlen = u.shape
     B = B.repeat_interleave(d // B.shape[1], dim=1)  # (b, d, n, l)
     C = C.repeat_interleave(d // C.shape[1], dim=1)
-    h = u.new_zeros(b, d, n)
+    h = u.new_zeros(b, d, A.shape[1])
     ys = []
-    for t in range(l):
-        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[..., None] * B[..., t]
+    for t in range(seqlen):
+        h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * u[:, :, t])[..., None] * B[..., t]
         ys.append((h * C[..., t]).sum(-1))
-    y = torch.stack(ys, dim=-1)
-    out = y if D is None else y + u * D.float()[:, None]
+    out = torch.stack(ys, dim=-1)
+    if D is not None:
+        out = out + u * D.float()[:, None]
     if z is not None:
         out = out * F.silu(z.float())
     return out.to(dtype_in)
@@ -42,8 +254,8 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """Selective scan. u, delta, z: (b, d, l); A: (d, n); B, C: (b, n, l) or (b, g, n, l); D, delta_bias: (d,).
 
-    Returns (b, d, l) in u's dtype. Runs ``selective_scan_cuda`` when it is importable, the tensors are on CUDA
-    and the PyTorch path is not forced; the exact PyTorch path otherwise.
+    Returns (b, d, l) in u's dtype. Runs ``selective_scan_cuda`` (through ``mamba_ssm``) when it is importable,
+    the tensors are on CUDA and the PyTorch path is not forced; the exact PyTorch path otherwise.
     """
     if use_kernel('selective_scan', 'selective_scan_cuda', u, delta, A, B, C, D, z, delta_bias):
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
