@@ -1,0 +1,134 @@
+"""Each basicsr-1.4.2 patch of ``dvmsr_mma.compat``, tested where it would fail without the patch."""
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import pytest
+import torch
+
+from dvmsr_mma import compat
+from dvmsr_mma.errors import OptionError
+
+
+def _run_python(code: str, env_extra=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_functional_tensor_alias_lets_basicsr_import():
+    # basicsr/data/degradations.py does `from torchvision.transforms.functional_tensor import rgb_to_grayscale`.
+    from basicsr.data import degradations  # noqa: F401
+    from torchvision.transforms.functional_tensor import rgb_to_grayscale
+    assert rgb_to_grayscale(torch.ones(1, 3, 2, 2)).shape == (1, 1, 2, 2)
+
+
+def test_missing_libgl_is_one_clear_error(tmp_path):
+    fake = tmp_path / 'cv2'
+    fake.mkdir()
+    (fake / '__init__.py').write_text("raise ImportError('libGL.so.1: cannot open shared object file')\n")
+    result = _run_python('import dvmsr_mma', {'PYTHONPATH': f'{tmp_path}{os.pathsep}{os.getcwd()}'})
+    assert result.returncode != 0
+    assert 'pip install opencv-python-headless' in result.stderr
+
+
+def _resume_opt(tmp_path, auto_resume=True):
+    root = tmp_path / 'experiments' / 'run'
+    return {
+        'name': 'run',
+        'num_gpu': 0,
+        'auto_resume': auto_resume,
+        'is_train': True,
+        'path': {'experiments_root': str(root), 'models': str(root / 'models'), 'resume_state': None},
+        'network_g': {},
+    }
+
+
+def _save_state(opt, it):
+    net = torch.nn.Linear(2, 2)
+    optim = torch.optim.Adam(net.parameters())
+    sched = torch.optim.lr_scheduler.MultiStepLR(optim, milestones=[10, 20])
+    assert isinstance(sched.state_dict()['milestones'], Counter)  # what weights_only=True refuses
+    state_dir = os.path.join(opt['path']['experiments_root'], 'training_states')
+    os.makedirs(state_dir, exist_ok=True)
+    torch.save({'epoch': 0, 'iter': it, 'optimizers': [optim.state_dict()], 'schedulers': [sched.state_dict()]},
+               os.path.join(state_dir, f'{it}.state'))
+
+
+def test_auto_resume_finds_newest_state_under_root_path_on_cpu(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)  # upstream looked in the cwd's experiments/, which is not the root
+    import basicsr.train
+    opt = _resume_opt(tmp_path)
+    _save_state(opt, 5)
+    _save_state(opt, 20)
+    state = basicsr.train.load_resume_state(opt)
+    assert state['iter'] == 20
+    assert opt['path']['resume_state'].endswith('20.state')
+    assert state['schedulers'][0]['milestones'] == Counter({10: 1, 20: 1})
+
+
+def test_explicit_resume_state_loads_on_cpu(tmp_path):
+    import basicsr.train
+    opt = _resume_opt(tmp_path, auto_resume=False)
+    _save_state(opt, 7)
+    opt['path']['resume_state'] = os.path.join(opt['path']['experiments_root'], 'training_states', '7.state')
+    state = basicsr.train.load_resume_state(opt)
+    assert state['iter'] == 7
+    assert state['optimizers'][0]['param_groups'][0]['lr'] == pytest.approx(1e-3)
+
+
+def test_missing_resume_state_is_named(tmp_path):
+    import basicsr.train
+    opt = _resume_opt(tmp_path, auto_resume=False)
+    opt['path']['resume_state'] = str(tmp_path / 'nope.state')
+    with pytest.raises(FileNotFoundError, match='nope.state'):
+        basicsr.train.load_resume_state(opt)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_pytorch_launcher_uses_gloo_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip('checks the CPU-only fallback')
+    result = _run_python(
+        """
+        import dvmsr_mma
+        import torch.distributed as dist
+        from basicsr.utils.dist_util import init_dist
+        init_dist('pytorch')
+        print(dist.get_backend(), dist.get_world_size())
+        dist.destroy_process_group()
+        """, {
+            'RANK': '0',
+            'LOCAL_RANK': '0',
+            'WORLD_SIZE': '1',
+            'MASTER_ADDR': '127.0.0.1',
+            'MASTER_PORT': str(_free_port())
+        })
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ['gloo', '1']
+
+
+@pytest.mark.parametrize('opt, message', [
+    ({'num_gpu': 1, 'datasets': {}}, 'num_gpu: 1 but 0 CUDA'),
+    ({'num_gpu': 0, 'datasets': {'train': {'prefetch_mode': 'cuda'}}}, 'datasets.train.prefetch_mode: cuda'),
+    ({'num_gpu': 0, 'datasets': {'train': {'prefetch_mode': 'cpu', 'persistent_workers': True}}}, 'hangs'),
+])
+def test_device_traps_are_clear_errors(opt, message, monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 0)
+    with pytest.raises(OptionError, match=message):
+        compat.check_device_options(opt)
+
+
+def test_parse_options_is_checked():
+    import basicsr.test
+    import basicsr.train
+    for module in (basicsr.train, basicsr.test):
+        assert module.parse_options.__wrapped__.__module__ == 'basicsr.utils.options'
