@@ -11,7 +11,7 @@ STAMP := $(VENV)/.dvmsr_mma-installed
 # opencv-python (basicsr's requirement) needs libGL; where it cannot load, swap in the headless build.
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q setuptools wheel
 	$(BIN)/pip install -q torch torchvision
 	$(BIN)/pip install -q --no-build-isolation basicsr==1.4.2
 	$(BIN)/pip install -q --no-build-isolation -e '.[test]'
