@@ -7,6 +7,6 @@ from dvmsr_mma import compat
 
 compat.apply()
 
-from dvmsr_mma import archs, models  # noqa: E402,F401  (registers into BasicSR's registries)
+from dvmsr_mma import archs, data, models  # noqa: E402,F401  (registers into BasicSR's registries)
 
 __version__ = '0.1.0'

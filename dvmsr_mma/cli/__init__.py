@@ -9,7 +9,7 @@ from typing import List, Optional
 
 from dvmsr_mma.errors import OptionError
 
-COMMANDS = {
+COMMANDS = {  # add a subcommand here: name -> module with HELP and main(argv)
     'train': 'dvmsr_mma.cli.train',
     'test': 'dvmsr_mma.cli.test',
     'demo': 'dvmsr_mma.cli.demo',
