@@ -6,8 +6,11 @@ that fails without it.
 """
 import importlib
 import logging
+import os
 import os.path as osp
+import pickle
 import sys
+import types
 from typing import Any, Dict, Optional
 
 import torch
@@ -53,6 +56,35 @@ def _resume_map_location(opt: Dict[str, Any]) -> Optional[torch.device]:
     return torch.device('cpu')
 
 
+def _load_state(path: str, opt: Dict[str, Any]) -> Dict[str, Any]:
+    return torch.load(path, map_location=_resume_map_location(opt), weights_only=False)
+
+
+def _newest_good_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The newest readable ``<iter>.state`` of the run whose ``net_g_<iter>.pth`` exists too; a truncated or
+    corrupt one (a kill during a save from before saves were atomic, a full disk) is skipped with a warning."""
+    from basicsr.utils import get_root_logger, scandir
+
+    state_dir = _training_states_dir(opt)
+    if not osp.isdir(state_dir):
+        return None
+    stems = (name[:-len('.state')] for name in scandir(state_dir, suffix='.state'))
+    iters = sorted((int(stem) for stem in stems if stem.isdigit()), reverse=True)
+    for it in iters:
+        path = osp.join(state_dir, f'{it}.state')
+        if not osp.isfile(osp.join(opt['path']['models'], f'net_g_{it}.pth')):
+            get_root_logger().warning(f'Skipping resume state {path}: its net_g_{it}.pth is missing.')
+            continue
+        try:
+            state = _load_state(path, opt)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as err:
+            get_root_logger().warning(f'Skipping unreadable resume state {path}: {err}')
+            continue
+        opt['path']['resume_state'] = path
+        return state
+    return None
+
+
 def load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """Replacement for ``basicsr.train.load_resume_state``.
 
@@ -62,25 +94,43 @@ def load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     so they are unpickled fully; network weights elsewhere keep ``weights_only=True``.
     """
     from basicsr.train import check_resume
-    from basicsr.utils import scandir
 
-    resume_state_path = None
     if opt['auto_resume']:
-        state_dir = _training_states_dir(opt)
-        if osp.isdir(state_dir):
-            iters = [int(v.split('.state')[0]) for v in scandir(state_dir, suffix='.state', recursive=False)]
-            if iters:
-                resume_state_path = osp.join(state_dir, f'{max(iters)}.state')
-                opt['path']['resume_state'] = resume_state_path
+        resume_state = _newest_good_state(opt)
     elif opt['path'].get('resume_state'):
-        resume_state_path = opt['path']['resume_state']
-    if resume_state_path is None:
-        return None
-    if not osp.isfile(resume_state_path):
-        raise FileNotFoundError(f'path.resume_state: no such file: {resume_state_path}')
-    resume_state = torch.load(resume_state_path, map_location=_resume_map_location(opt), weights_only=False)
-    check_resume(opt, resume_state['iter'])
+        path = opt['path']['resume_state']
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'path.resume_state: no such file: {path}')
+        resume_state = _load_state(path, opt)
+    else:
+        resume_state = None
+    if resume_state is not None:
+        check_resume(opt, resume_state['iter'])
     return resume_state
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file next to ``path``, then rename: a reader (or a resume after a
+    kill) sees the old file or the complete new one, never a truncated one."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+class _TorchWithAtomicSave(types.ModuleType):
+    """``torch`` as seen by ``basicsr.models.base_model``: everything delegated, but ``save`` atomic.
+
+    Upstream's ``save_network`` / ``save_training_state`` write checkpoints in place, so a kill during a
+    save leaves a truncated ``net_g_latest.pth`` or ``<iter>.state`` behind."""
+
+    save = staticmethod(atomic_torch_save)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
 
 
 def _init_dist_pytorch(backend: str, **kwargs: Any) -> None:
@@ -141,8 +191,10 @@ def apply() -> None:
 
     import basicsr.test
     import basicsr.train
+    from basicsr.models import base_model
     from basicsr.utils import dist_util
 
+    base_model.torch = _TorchWithAtomicSave('torch')
     basicsr.train.load_resume_state = load_resume_state
     dist_util._init_dist_pytorch = _init_dist_pytorch
     basicsr.train.parse_options = _checked(basicsr.train.parse_options)

@@ -54,6 +54,8 @@ def _save_state(opt, it):
     assert isinstance(sched.state_dict()['milestones'], Counter)  # what weights_only=True refuses
     state_dir = os.path.join(opt['path']['experiments_root'], 'training_states')
     os.makedirs(state_dir, exist_ok=True)
+    os.makedirs(opt['path']['models'], exist_ok=True)
+    torch.save({'params': net.state_dict()}, os.path.join(opt['path']['models'], f'net_g_{it}.pth'))
     torch.save({'epoch': 0, 'iter': it, 'optimizers': [optim.state_dict()], 'schedulers': [sched.state_dict()]},
                os.path.join(state_dir, f'{it}.state'))
 
@@ -68,6 +70,46 @@ def test_auto_resume_finds_newest_state_under_root_path_on_cpu(tmp_path, monkeyp
     assert state['iter'] == 20
     assert opt['path']['resume_state'].endswith('20.state')
     assert state['schedulers'][0]['milestones'] == Counter({10: 1, 20: 1})
+
+
+def test_auto_resume_skips_truncated_newest_state(tmp_path, caplog):
+    import basicsr.train
+    opt = _resume_opt(tmp_path)
+    _save_state(opt, 5)
+    _save_state(opt, 10)
+    newest = os.path.join(opt['path']['experiments_root'], 'training_states', '10.state')
+    with open(newest, 'r+b') as f:
+        f.truncate(os.path.getsize(newest) // 2)
+    state = basicsr.train.load_resume_state(opt)
+    assert state['iter'] == 5
+    assert opt['path']['resume_state'].endswith('5.state')
+
+
+def test_auto_resume_skips_state_without_its_network(tmp_path):
+    import basicsr.train
+    opt = _resume_opt(tmp_path)
+    _save_state(opt, 5)
+    _save_state(opt, 10)
+    os.remove(os.path.join(opt['path']['models'], 'net_g_10.pth'))
+    assert basicsr.train.load_resume_state(opt)['iter'] == 5
+
+
+def test_checkpoint_saves_are_atomic(tmp_path, monkeypatch):
+    from basicsr.models import base_model
+    path = tmp_path / 'net_g_latest.pth'
+    base_model.torch.save({'params': {'w': torch.ones(2)}}, str(path))
+
+    def interrupted_save(obj, f):  # a save that dies half-way, like a kill -9 would
+        with open(f, 'wb') as handle:
+            handle.write(b'PK\x03\x04 partial')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, 'save', interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        base_model.torch.save({'params': {'w': torch.zeros(2)}}, str(path))
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)['params']['w'], torch.ones(2))
+    assert os.listdir(tmp_path) == ['net_g_latest.pth']
 
 
 def test_explicit_resume_state_loads_on_cpu(tmp_path):
