@@ -4,6 +4,7 @@ Every BasicSR fix of this package lives here, applied once by ``import dvmsr_mma
 imports ``basicsr``. Each patch names the breakage it fixes and has a test in ``tests/test_compat.py``
 that fails without it.
 """
+import difflib
 import importlib
 import logging
 import os
@@ -169,6 +170,17 @@ def check_device_options(opt: Dict[str, Any]) -> None:
                              'drop one of them')
 
 
+def _registry_get(self, name: str, suffix: str = 'basicsr') -> Any:
+    """Replacement for ``basicsr.utils.registry.Registry.get``: upstream prints a stray line and raises a bare
+    ``KeyError`` for a typo in a YAML ``type:``. This names the registry and the closest registered names."""
+    obj = self._obj_map.get(name) or self._obj_map.get(f'{name}_{suffix}')
+    if obj is None:
+        close = difflib.get_close_matches(str(name), list(self._obj_map), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(self._obj_map))}"
+        raise OptionError(f'type: {name!r} is not registered in BasicSR\'s {self._name} registry{hint}')
+    return obj
+
+
 def _checked(parse_options):
     """Wrap BasicSR's ``parse_options`` so every run goes through :func:`check_device_options`."""
 
@@ -192,9 +204,10 @@ def apply() -> None:
     import basicsr.test
     import basicsr.train
     from basicsr.models import base_model
-    from basicsr.utils import dist_util
+    from basicsr.utils import dist_util, registry
 
     base_model.torch = _TorchWithAtomicSave('torch')
+    registry.Registry.get = _registry_get
     basicsr.train.load_resume_state = load_resume_state
     dist_util._init_dist_pytorch = _init_dist_pytorch
     basicsr.train.parse_options = _checked(basicsr.train.parse_options)

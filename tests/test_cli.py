@@ -150,3 +150,16 @@ def test_train_resume_test_cycle_on_cpu(tmp_path):
     assert images == ['0000_sr.png', '0001_sr.png']
     assert cv2.imread(str(tmp_path / 'results' / 'tiny_test' / 'visualization' / 'val' / images[0])).shape == (48, 48,
                                                                                                                3)
+
+
+def test_unknown_network_type_is_one_line(tmp_path):
+    train_yml, _ = _tiny_options(tmp_path, total_iter=1)
+    opt = yaml.safe_load(train_yml.read_text())
+    opt['network_g']['type'] = 'SRVGGNetCompat'
+    train_yml.write_text(yaml.safe_dump(opt))
+    result = basicsr(['train', '-opt', str(train_yml)], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "basicsr train: error: type: 'SRVGGNetCompat' is not registered in BasicSR's arch registry; "
+        'did you mean SRVGGNetCompact?')
+    assert 'Traceback' not in result.stderr

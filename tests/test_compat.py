@@ -174,3 +174,12 @@ def test_parse_options_is_checked():
     import basicsr.train
     for module in (basicsr.train, basicsr.test):
         assert module.parse_options.__wrapped__.__module__ == 'basicsr.utils.options'
+
+
+def test_unknown_type_names_close_registered_names():
+    from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
+    with pytest.raises(OptionError, match=r"'SRVGGNetCompat' is not registered in .*arch.*did you mean SRVGGNetCompact"):
+        ARCH_REGISTRY.get('SRVGGNetCompat')
+    with pytest.raises(OptionError, match='known: .*L1Loss'):
+        LOSS_REGISTRY.get('Nothing')
+    assert LOSS_REGISTRY.get('L1Loss').__name__ == 'L1Loss'
