@@ -175,8 +175,9 @@ def _registry_get(self, name: str, suffix: str = 'basicsr') -> Any:
     ``KeyError`` for a typo in a YAML ``type:``. This names the registry and the closest registered names."""
     obj = self._obj_map.get(name) or self._obj_map.get(f'{name}_{suffix}')
     if obj is None:
-        close = difflib.get_close_matches(str(name), list(self._obj_map), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(self._obj_map))}"
+        known = sorted({key[:-len(suffix) - 1] if key.endswith(f'_{suffix}') else key for key in self._obj_map})
+        close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
         raise OptionError(f'type: {name!r} is not registered in BasicSR\'s {self._name} registry{hint}')
     return obj
 
