@@ -1,0 +1,103 @@
+"""HR-only training data with LR made on the fly (MMA's ImageNet pre-training, sec. 4.1).
+
+``ImageNetPretrainDataset`` reads HR images only, from a folder (searched recursively, so ImageNet's
+``train/<wnid>/*.JPEG`` layout works as is) or an LMDB made by ``basicsr lmdb`` / BasicSR's
+``make_lmdb_from_imgs``, and makes each LR image with BasicSR's MATLAB-style bicubic ``imresize``:
+
+- train: random ``gt_size`` crop of the HR image first (cheap: only the crop is resized), then flip /
+  rotation, then ``lq = imresize(gt, 1 / scale)``. Images smaller than ``gt_size`` are first enlarged to
+  it with bicubic interpolation, as the official ``ImageNetPairedDataset`` does (it uses cv2.resize).
+- val / test: the whole image, cropped to a multiple of ``scale``.
+
+``quantize_lq`` (default true) rounds the LR image to 8 bits, as the PNG benchmark LR images are, so the
+network sees at pre-training what it sees at fine-tuning and test time (MATLAB's ``imresize`` on uint8 does
+the same). Output dict as ``PairedImageDataset``: ``lq``, ``gt``, ``lq_path`` (= ``gt_path``: the LR has no
+file of its own), ``gt_path``.
+
+Options: ``dataroot_gt``, ``io_backend`` (disk | lmdb), ``meta_info_file`` (optional: one relative path per
+line, first field), ``scale``, ``phase``, ``gt_size``, ``use_hflip``, ``use_rot``, ``quantize_lq``,
+``mean`` / ``std``.
+"""
+import os.path as osp
+
+import cv2
+import numpy as np
+from torch.utils import data
+from torchvision.transforms.functional import normalize
+
+from basicsr.data.data_util import paths_from_lmdb
+from basicsr.data.transforms import augment
+from basicsr.utils import FileClient, imfrombytes, img2tensor, scandir
+from basicsr.utils.matlab_functions import imresize
+from basicsr.utils.registry import DATASET_REGISTRY
+from dvmsr_mma.errors import OptionError
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.PNG', '.JPG', '.JPEG')
+
+
+@DATASET_REGISTRY.register()
+class ImageNetPretrainDataset(data.Dataset):
+    """HR folder or LMDB -> (MATLAB-bicubic LR, HR) pairs; see the module docstring."""
+
+    def __init__(self, opt):
+        super().__init__()
+        self.opt = opt
+        self.file_client = None
+        self.io_backend_opt = dict(opt['io_backend'])
+        self.mean, self.std = opt.get('mean'), opt.get('std')
+        self.scale = opt['scale']
+        self.gt_folder = opt.get('dataroot_gt')
+        if not self.gt_folder:
+            raise OptionError(f'datasets.{opt.get("phase", "train")}.dataroot_gt: not set (the HR folder or LMDB)')
+
+        if self.io_backend_opt['type'] == 'lmdb':
+            self.io_backend_opt['db_paths'] = [self.gt_folder]
+            self.io_backend_opt['client_keys'] = ['gt']
+            self.paths = paths_from_lmdb(self.gt_folder)
+        elif opt.get('meta_info_file'):
+            with open(opt['meta_info_file']) as fin:
+                self.paths = [osp.join(self.gt_folder, line.split(' ')[0].strip()) for line in fin if line.strip()]
+        else:
+            if not osp.isdir(self.gt_folder):
+                raise OptionError(f'dataroot_gt: no such folder: {self.gt_folder}')
+            self.paths = sorted(
+                osp.join(self.gt_folder, p) for p in scandir(self.gt_folder, suffix=IMAGE_SUFFIXES, recursive=True))
+        if not self.paths:
+            raise OptionError(f'dataroot_gt: no images in {self.gt_folder}')
+
+    def __getitem__(self, index):
+        if self.file_client is None:
+            io_opt = dict(self.io_backend_opt)
+            self.file_client = FileClient(io_opt.pop('type'), **io_opt)
+
+        scale = self.scale
+        gt_path = self.paths[index]
+        img_gt = imfrombytes(self.file_client.get(gt_path, 'gt'), float32=True)  # (h, w, 3) BGR [0, 1]
+
+        if self.opt['phase'] == 'train':
+            gt_size = self.opt['gt_size']
+            h, w = img_gt.shape[:2]
+            if h < gt_size or w < gt_size:
+                img_gt = cv2.resize(img_gt, (max(w, gt_size), max(h, gt_size)), interpolation=cv2.INTER_CUBIC)
+                h, w = img_gt.shape[:2]
+            top, left = np.random.randint(0, h - gt_size + 1), np.random.randint(0, w - gt_size + 1)
+            img_gt = img_gt[top:top + gt_size, left:left + gt_size, :]
+            img_gt = augment(img_gt, self.opt.get('use_hflip', True), self.opt.get('use_rot', True))
+        else:
+            h, w = img_gt.shape[:2]
+            img_gt = img_gt[:h - h % scale, :w - w % scale, :]  # modcrop
+
+        img_gt = np.ascontiguousarray(np.clip(img_gt, 0, 1), dtype=np.float32)
+        img_lq = imresize(img_gt, 1 / scale)  # (h, w, 3) -> (h / s, w / s, 3), MATLAB bicubic with antialiasing
+        if self.opt.get('quantize_lq', True):
+            img_lq = np.round(np.clip(img_lq, 0, 1) * 255.) / 255.
+        img_lq = np.ascontiguousarray(img_lq, dtype=np.float32)
+
+        img_gt, img_lq = img2tensor([img_gt, img_lq], bgr2rgb=True, float32=True)  # HWC BGR -> CHW RGB
+        if self.mean is not None or self.std is not None:
+            normalize(img_lq, self.mean, self.std, inplace=True)
+            normalize(img_gt, self.mean, self.std, inplace=True)
+        return {'lq': img_lq, 'gt': img_gt, 'lq_path': gt_path, 'gt_path': gt_path}
+
+    def __len__(self):
+        return len(self.paths)
