@@ -3,6 +3,7 @@
 Module names, state-dict keys and the forward order follow the released model
 (``nathan66666/DVMSR``, ``models/team07_DVMSR.py``) so ``model_zoo/DVMSR.pth`` loads with ``strict=True``.
 """
+import math
 import torch
 import torch.utils.checkpoint as checkpoint
 from torch import nn
@@ -88,6 +89,15 @@ class PatchEmbed(nn.Module):
     def forward(self, x):
         x = x.flatten(2).transpose(1, 2)
         return self.norm(x) if self.norm is not None else x
+
+
+def trunc_normal_(tensor, std=1., a=-2., b=2.):
+    """N(0, std^2) truncated to [a, b] by inverse-CDF sampling (uniform -> erfinv), the timm/old-PyTorch recipe the
+    official code carries; drawing the same numbers as it keeps a seeded init identical to the official one."""
+    cdf = lambda v: (1. + math.erf(v / math.sqrt(2.))) / 2.  # noqa: E731
+    with torch.no_grad():
+        tensor.uniform_(2 * cdf(a / std) - 1, 2 * cdf(b / std) - 1).erfinv_()
+        return tensor.mul_(std * math.sqrt(2.)).clamp_(min=a, max=b)
 
 
 @ARCH_REGISTRY.register()
@@ -204,7 +214,7 @@ class DVMSR(nn.Module):
     @staticmethod
     def _init_weights(m):
         if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=.02)
+            trunc_normal_(m.weight, std=.02)
             if m.bias is not None:
                 nn.init.constant_(m.bias, 0)
         elif isinstance(m, nn.LayerNorm):
