@@ -129,7 +129,8 @@ def _small(**kwargs):
 
 def test_registered_with_official_argument_names():
     opt = dict(upscale=4, img_size=64, embed_dim=60, depths=[2, 2, 2, 2], img_range=1., upsampler='pixelshuffledirect',
-               resi_connection='1conv', drop_path_rate=0.1, mlp_ratio=2.)  # mlp_ratio: swallowed like upstream's **kwargs
+               resi_connection='1conv', drop_path_rate=0.1,
+               mlp_ratio=2.)  # unknown to the official class too: swallowed by **kwargs as there
     net = ARCH_REGISTRY.get('DVMSR')(**opt)
     assert isinstance(net, DVMSR)
 
@@ -212,11 +213,29 @@ def test_tokens_scanned_row_major_one_way():
     assert torch.equal(a[:, :-1], b[:, :-1]) and not torch.equal(a[:, -1], b[:, -1])
 
 
-def test_drop_path_only_in_training():
+def test_drop_path_schedule():
     net = DVMSR(drop_path_rate=0.1)
     rates = [blk.drop_path.drop_prob if hasattr(blk.drop_path, 'drop_prob') else 0.
              for layer in net.layers for blk in layer.residual_group.blocks]
     assert rates[0] == 0. and abs(rates[-1] - 0.1) < 1e-6
+
+
+def test_use_checkpoint_gives_same_gradients():
+    torch.manual_seed(0)
+    net = _small().train()
+    ckpt = _small(use_checkpoint=True).train()
+    ckpt.load_state_dict(net.state_dict())
+    x = torch.rand(1, 3, 6, 7)
+    net(x).sum().backward()
+    ckpt(x).sum().backward()
+    for (name, p), q in zip(net.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_classical_pixelshuffle_upsampler():
+    net = _small(upscale=4, upsampler='pixelshuffle').eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 5, 6)).shape == (1, 3, 20, 24)
 
 
 @pytest.mark.skipif(not os.path.isfile(RELEASED_CKPT), reason=f'{RELEASED_CKPT} not supplied')

@@ -203,7 +203,8 @@ class DVMSR(nn.Module):
                 nn.Conv2d(embed_dim, upscale**2 * num_out_ch, 3, 1, 1), nn.PixelShuffle(upscale))
         elif upsampler == 'pixelshuffle':
             from basicsr.archs.arch_util import Upsample
-            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+            self.conv_before_upsample = nn.Sequential(
+                nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
             self.upsample = Upsample(upscale, num_feat)
             self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
         else:
