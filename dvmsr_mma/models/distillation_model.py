@@ -35,10 +35,13 @@ saved in the training state (``<iter>.state['distillation']``) and restored on r
 the exported ``net_g_*.pth``.
 
 The teacher is built and loaded once, kept in eval mode with ``requires_grad_(False)``, run under
-``torch.no_grad()``, moved to the device (DataParallel on several GPUs, never DDP: it has no gradients to
-sync), and never saved nor optimized. On resume BasicSR's ``check_resume`` points every ``pretrain_network_*``
-at ``net_*_<iter>.pth`` in the run, which does not exist for the teacher; the teacher path and key are
-therefore recorded in the training state and the teacher is reloaded from there.
+``torch.no_grad()``, moved to the device (never wrapped in DDP: it has no gradients to sync; each process
+runs its own copy on its own batch), and never saved nor optimized. Feature taps need the distributed
+launcher on several GPUs: DataParallel replicas would split them (an OptionError says so).
+
+On resume BasicSR's ``check_resume`` points every ``pretrain_network_*`` at ``net_*_<iter>.pth`` in the run,
+which does not exist for the teacher; the teacher path and key are therefore recorded in the training state
+and the teacher is reloaded from there.
 
 Loss: ``l_total = l_pix (+ l_percep) + l_dis``; each is logged separately.
 """
@@ -211,12 +214,17 @@ class DistillationModel(SRModel):
             raise OptionError('path.pretrain_network_t is not set: DistillationModel needs the trained teacher '
                               'weights, e.g. experiments/<teacher run>/models/net_g_latest.pth')
 
-        # teacher: built and loaded once, frozen, eval mode, no DDP (nothing to sync)
+        if position != 'output' and not opt['dist'] and isinstance(self.net_g, DataParallel):
+            raise OptionError(f'num_gpu: {opt["num_gpu"]} without a launcher uses DataParallel, whose replicas would '
+                              f'split the tapped features of distill_opt.position: {position}; train on several GPUs '
+                              'with the distributed launcher (torchrun ... basicsr train --launcher pytorch)')
+
+        # teacher: built and loaded once, frozen, eval mode; no DDP (nothing to sync), one copy per process
         net_t = build_network(opt['network_t']).to(self.device)
         net_t.eval()
         net_t.requires_grad_(False)
         self._net_t_bare = net_t
-        self.net_t = DataParallel(net_t) if not opt['dist'] and opt.get('num_gpu', 0) > 1 else net_t
+        self.net_t = DataParallel(net_t) if isinstance(self.net_g, DataParallel) else net_t  # output taps only
         self.teacher_loaded = False
         if osp.isfile(self.teacher_path):
             self._load_teacher(self.teacher_path, self.teacher_param_key)
