@@ -262,7 +262,9 @@ class DistillationModel(SRModel):
 
         # adapters, sized by one small probe forward of both networks
         probe = self._probe(net_g, net_t, distill_opt)
-        self.adapters = self.model_to_device(ChannelAdapters(*probe))
+        adapters = ChannelAdapters(*probe).to(self.device)
+        # DDP syncs the adapters' gradients; it refuses a module without parameters (all taps of equal width)
+        self.adapters = self.model_to_device(adapters) if any(True for _ in adapters.parameters()) else adapters
         logger = get_root_logger()
         logger.info(f'Distillation: position={position}, student taps={names_g or ["output"]}, '
                     f'teacher taps={names_t or ["output"]}, adapters={self.get_bare_model(self.adapters).maps}')
