@@ -1,0 +1,192 @@
+"""selective_scan: PyTorch path vs an independent float64 step-by-step reference, and kernel dispatch."""
+import importlib
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dvmsr_mma.ops.dispatch as dispatch
+import sys
+from dvmsr_mma.ops import force_torch_ops, selective_scan
+
+scan_mod = sys.modules['dvmsr_mma.ops.selective_scan']  # the package attribute of that name is the function
+
+
+def reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """float64, one step at a time, written from the recurrence (not from the module under test)."""
+    u, delta, A, B, C = (x.double() for x in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.double()[:, None]
+    if delta_softplus:
+        delta = torch.log1p(torch.exp(delta))
+    b, d, l = u.shape
+    if B.dim() == 3:
+        B, C = B[:, None], C[:, None]
+    per_group = d // B.shape[1]
+    h = torch.zeros(b, d, A.shape[1], dtype=torch.float64)
+    ys = []
+    for t in range(l):
+        Bt = B[..., t].repeat_interleave(per_group, 1)  # (b, d, n)
+        Ct = C[..., t].repeat_interleave(per_group, 1)
+        h = torch.exp(delta[:, :, t, None] * A) * h + delta[:, :, t, None] * u[:, :, t, None] * Bt
+        ys.append((h * Ct).sum(-1))
+    y = torch.stack(ys, -1)
+    if D is not None:
+        y = y + u * D.double()[:, None]
+    if z is not None:
+        y = y * z.double() * torch.sigmoid(z.double())
+    return y
+
+
+def make_inputs(b, d, n, l, groups, with_d, with_z, with_bias, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(b, d, l, generator=g)
+    delta = torch.rand(b, d, l, generator=g) * 0.6 - 0.1
+    A = -(torch.rand(d, n, generator=g) + 0.1)
+    shape = (b, n, l) if groups == 0 else (b, groups, n, l)
+    B = torch.randn(*shape, generator=g)
+    C = torch.randn(*shape, generator=g)
+    D = torch.randn(d, generator=g) if with_d else None
+    z = torch.randn(b, d, l, generator=g) if with_z else None
+    bias = torch.randn(d, generator=g) * 0.3 if with_bias else None
+    return [u, delta, A, B, C, D, z, bias]
+
+
+def rel_err(a, b):
+    return ((a.double() - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+NAMES = ['u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias']
+
+
+@pytest.mark.parametrize('l', [1, 7, 37, 129])
+@pytest.mark.parametrize('groups', [0, 2])
+@pytest.mark.parametrize('with_d,with_z,with_bias,softplus', [
+    (False, False, False, False), (True, True, True, True), (True, False, True, False), (False, True, False, True)])
+def test_values_and_grads_match_reference(l, groups, with_d, with_z, with_bias, softplus):
+    inputs = make_inputs(2, 4, 3, l, groups, with_d, with_z, with_bias)
+    if not softplus:
+        inputs[1] = inputs[1].abs()
+    for x in inputs:
+        if x is not None:
+            x.requires_grad_(True)
+    with force_torch_ops():
+        out = selective_scan(*inputs, delta_softplus=softplus)
+    ref = reference_scan(*inputs, delta_softplus=softplus)
+    assert out.dtype == torch.float32 and out.shape == (2, 4, l)
+    assert rel_err(out, ref) < 1e-4
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    active = [(name, x) for name, x in zip(NAMES, inputs) if x is not None]
+    grads = torch.autograd.grad(out, [x for _, x in active], grad_out)
+    ref_grads = torch.autograd.grad(ref, [x for _, x in active], grad_out.double())
+    for (name, _), g, rg in zip(active, grads, ref_grads):
+        assert g.shape == rg.shape, name
+        if rg.norm() < 1e-12:  # e.g. dA at l=1: the state before the first step is zero
+            assert g.abs().max() < 1e-6, name
+        else:
+            assert rel_err(g, rg) < 1e-3, name
+
+
+def test_long_sequence_many_chunks_and_small_backward_groups(monkeypatch):
+    monkeypatch.setattr(scan_mod, 'BACKWARD_GROUP_ELEMENTS', 1)  # one chunk per backward group
+    inputs = make_inputs(3, 6, 4, 301, 3, True, True, True, seed=3)
+    for x in inputs:
+        x.requires_grad_(True)
+    out = scan_mod.selective_scan_torch(*inputs, delta_softplus=True)
+    ref = reference_scan(*inputs, delta_softplus=True)
+    assert rel_err(out, ref) < 1e-4
+    grads = torch.autograd.grad(out.sum(), inputs)
+    ref_grads = torch.autograd.grad(ref.sum(), inputs)
+    for name, g, rg in zip(NAMES, grads, ref_grads):
+        assert rel_err(g, rg) < 1e-3, name
+
+
+def test_half_input_returns_input_dtype():
+    inputs = make_inputs(1, 4, 3, 20, 0, True, True, False)
+    inputs = [x.to(torch.bfloat16) if x is not None and x.dim() == 3 else x for x in inputs]
+    out = scan_mod.selective_scan_torch(*inputs)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out.float(), reference_scan(*inputs)) < 2e-2
+
+
+def test_no_grad_forward_does_not_keep_state_per_step():
+    """A long no-grad forward gives the reference's last outputs (chunk carries are right far out)."""
+    inputs = make_inputs(1, 2, 2, 2000, 0, False, False, False, seed=5)
+    inputs[1] = inputs[1].abs() * 0.05
+    with torch.no_grad():
+        out = scan_mod.selective_scan_torch(*inputs)
+    assert rel_err(out, reference_scan(*inputs)) < 1e-4
+
+
+@pytest.fixture
+def fake_kernel(monkeypatch):
+    """Pretend the compiled extensions import; reset the cached probe and the log-once set afterwards."""
+    monkeypatch.setattr(dispatch, '_probe_cache', {'selective_scan_cuda': object(), 'causal_conv1d_cuda': object()})
+    monkeypatch.setattr(dispatch, '_logged', set())
+    monkeypatch.delenv(dispatch.ENV_FORCE_TORCH, raising=False)
+    yield
+
+
+def test_cpu_tensors_use_torch_path_even_with_kernel(fake_kernel, caplog):
+    inputs = make_inputs(1, 2, 2, 5, 0, False, False, False)
+    with caplog.at_level(logging.INFO, logger=dispatch.__name__):
+        assert not dispatch.use_kernel('selective_scan', 'selective_scan_cuda', *inputs)
+        out = selective_scan(*inputs)
+        selective_scan(*inputs)
+    assert rel_err(out, reference_scan(*inputs)) < 1e-4
+    msgs = [r.getMessage() for r in caplog.records if 'selective_scan' in r.getMessage()]
+    assert len(msgs) == 1 and 'PyTorch' in msgs[0]
+
+
+class _FakeCuda:
+    is_cuda = True
+
+
+def test_kernel_chosen_for_cuda_tensors_unless_forced(fake_kernel, monkeypatch):
+    t = _FakeCuda()
+    assert dispatch.use_kernel('selective_scan', 'selective_scan_cuda', t, t, None)
+    with force_torch_ops():
+        assert not dispatch.use_kernel('selective_scan', 'selective_scan_cuda', t, t)
+    assert dispatch.use_kernel('selective_scan', 'selective_scan_cuda', t, t)
+    force_torch_ops(True)
+    try:
+        assert not dispatch.use_kernel('selective_scan', 'selective_scan_cuda', t)
+    finally:
+        force_torch_ops(False)
+    monkeypatch.setenv(dispatch.ENV_FORCE_TORCH, '1')
+    assert not dispatch.use_kernel('selective_scan', 'selective_scan_cuda', t)
+    monkeypatch.setenv(dispatch.ENV_FORCE_TORCH, '0')
+    assert dispatch.use_kernel('selective_scan', 'selective_scan_cuda', t)
+
+
+def test_probe_is_cached_and_missing_module_gives_none(monkeypatch):
+    monkeypatch.setattr(dispatch, '_probe_cache', {})
+    calls = []
+    real = importlib.import_module
+
+    def counting(name):
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(dispatch.importlib, 'import_module', counting)
+    assert dispatch.probe_kernel('dvmsr_mma_no_such_extension') is None
+    assert dispatch.probe_kernel('dvmsr_mma_no_such_extension') is None
+    assert calls == ['dvmsr_mma_no_such_extension']
+
+
+@pytest.mark.cuda
+def test_torch_path_matches_kernel_on_cuda():
+    if dispatch.probe_kernel('selective_scan_cuda') is None:
+        pytest.skip('selective_scan_cuda not importable')
+    inputs = [x.cuda() if x is not None else None for x in make_inputs(2, 8, 4, 300, 2, True, True, True)]
+    for x in inputs:
+        x.requires_grad_(True)
+    out_k = selective_scan(*inputs, delta_softplus=True)
+    grads_k = torch.autograd.grad(out_k.sum(), inputs)
+    with force_torch_ops():
+        out_t = selective_scan(*inputs, delta_softplus=True)
+    grads_t = torch.autograd.grad(out_t.sum(), inputs)
+    assert rel_err(out_t, out_k.double()) < 1e-4
+    for name, gt, gk in zip(NAMES, grads_t, grads_k):
+        assert rel_err(gt, gk.double()) < 1e-3, name
