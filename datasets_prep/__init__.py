@@ -5,8 +5,12 @@
 Set5/Set14/B100/Urban100/Manga109 into ``datasets/benchmark/<Set>/{HR,LR_bicubic/X<s>}``.
 Each function returns a ``Summary`` whose ``str()`` is the one-line summary; bad input raises ``PrepError``.
 """
+from datasets_prep.benchmark import arrange_benchmark
 from datasets_prep.common import PrepError, Summary
+from datasets_prep.extract_subimages import extract_subimages
 from datasets_prep.make_lmdb import make_lmdb
 from datasets_prep.make_lr import make_lr
+from datasets_prep.verify import VerifyError, verify_lmdb
 
-__all__ = ['PrepError', 'Summary', 'make_lr', 'make_lmdb']
+__all__ = ['PrepError', 'VerifyError', 'Summary', 'extract_subimages', 'make_lr', 'make_lmdb', 'verify_lmdb',
+           'arrange_benchmark']

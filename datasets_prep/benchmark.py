@@ -1,0 +1,142 @@
+"""Arrange the SR benchmark sets into ``datasets/benchmark/<Set>/{HR,LR_bicubic/X<s>}``, making missing LR.
+
+Sets: Set5, Set14, B100, Urban100, Manga109. For each, the source root is searched for a folder named
+like the set (case-insensitive; B100 also as BSD100/BSDS100) and, inside it, the HR images in the first of
+``HR``, ``GTmod12``, ``original``, ``hr`` or the set folder itself that holds images (the EDSR
+``benchmark.zip`` and BasicSR's Google-Drive layouts both work).
+
+LR naming (decided here): **the LR file has the HR file's name**, ``Set5/LR_bicubic/X4/baby.png`` for
+``Set5/HR/baby.png``, so test options use ``filename_tmpl: '{}'`` (BasicSR's default). LR already in the
+source (``LR_bicubic/X<s>`` or ``LRbicx<s>``, also EDSR's ``babyx4.png`` naming) is copied under that name;
+missing LR is generated with ``make_lr``'s MATLAB bicubic after mod-cropping the HR. The HR files are copied
+as they are, not mod-cropped: one HR folder serves every scale, and ``PairedImageDataset`` crops GT to
+``scale × LR`` at validation/test time. Files already at the destination are kept unless ``overwrite``.
+"""
+import os
+import os.path as osp
+import shutil
+from typing import Dict, Iterable, List, Optional
+
+import cv2
+from tqdm import tqdm
+
+from datasets_prep.common import IMG_EXTENSIONS, PrepError, Summary, Timer, folder_bytes, list_images
+from datasets_prep.make_lr import bicubic_downscale
+
+SETS = ('Set5', 'Set14', 'B100', 'Urban100', 'Manga109')
+ALIASES = {'B100': ('b100', 'bsd100', 'bsds100')}
+HR_DIRS = ('HR', 'GTmod12', 'original', 'hr')
+
+
+def _find_child(folder: str, names: Iterable[str]) -> Optional[str]:
+    if not osp.isdir(folder):
+        return None
+    children = {c.lower(): c for c in os.listdir(folder) if osp.isdir(osp.join(folder, c))}
+    for name in names:
+        if name.lower() in children:
+            return osp.join(folder, children[name.lower()])
+    return None
+
+
+def _has_images(folder: str) -> bool:
+    return osp.isdir(folder) and any(n.lower().endswith(IMG_EXTENSIONS) for n in os.listdir(folder))
+
+
+def find_set(src_root: str, name: str) -> Optional[Dict[str, object]]:
+    """{'hr': folder, 'lr': {scale: folder}} for one set under ``src_root``, or None if absent."""
+    set_dir = _find_child(src_root, ALIASES.get(name, (name, )))
+    if set_dir is None:
+        return None
+    hr = next((d for d in (_find_child(set_dir, (h, )) for h in HR_DIRS) if d and _has_images(d)), None)
+    if hr is None and _has_images(set_dir):
+        hr = set_dir
+    if hr is None:
+        raise PrepError(f'{set_dir}: no HR images (looked in {", ".join(HR_DIRS)} and the folder itself)')
+    lr = {}
+    for scale in range(2, 9):
+        cand = _find_child(_find_child(set_dir, ('LR_bicubic', )) or '', (f'X{scale}', ))
+        cand = cand or _find_child(set_dir, (f'LRbicx{scale}', ))
+        if cand and _has_images(cand):
+            lr[scale] = cand
+    return {'hr': hr, 'lr': lr}
+
+
+def _source_lr(lr_dir: str, stem: str, scale: int) -> Optional[str]:
+    for name in os.listdir(lr_dir):
+        s, ext = osp.splitext(name)
+        if ext.lower() in IMG_EXTENSIONS and s in (stem, f'{stem}x{scale}', f'{stem}_x{scale}'):
+            return osp.join(lr_dir, name)
+    return None
+
+
+def arrange_benchmark(src_root: str,
+                      dst_root: str = 'datasets/benchmark',
+                      sets: Iterable[str] = SETS,
+                      scales: Iterable[int] = (2, 3, 4),
+                      overwrite: bool = False,
+                      progress: bool = True) -> Summary:
+    """Copy HR, copy or generate LR for every ``scale`` of every set found; missing sets are listed, not errors
+    (unless none is found)."""
+    scales = sorted({int(s) for s in scales})
+    if not scales or scales[0] < 1:
+        raise PrepError(f'scales must be positive integers, got {scales}')
+    unknown = [s for s in sets if s not in SETS]
+    if unknown:
+        raise PrepError(f'unknown set(s) {unknown}; known: {", ".join(SETS)}')
+    found = {name: find_set(src_root, name) for name in sets}
+    missing = [name for name, f in found.items() if f is None]
+    if len(missing) == len(found):
+        raise PrepError(f'none of {", ".join(sets)} found under {src_root}')
+
+    written, generated, copied = 0, 0, 0
+    with Timer() as timer:
+        for name, where in found.items():
+            if where is None:
+                continue
+            hr_names = list_images(where['hr'])
+            hr_out = osp.join(dst_root, name, 'HR')
+            os.makedirs(hr_out, exist_ok=True)
+            for hr_name in tqdm(hr_names, unit='img', desc=f'{name}', disable=not progress):
+                stem, ext = osp.splitext(hr_name)
+                if _copy(osp.join(where['hr'], hr_name), osp.join(hr_out, hr_name), overwrite):
+                    written += 1
+                hr_img = None
+                for scale in scales:
+                    lr_out = osp.join(dst_root, name, 'LR_bicubic', f'X{scale}', hr_name)
+                    if osp.exists(lr_out) and not overwrite:
+                        continue
+                    os.makedirs(osp.dirname(lr_out), exist_ok=True)
+                    src_lr = _source_lr(where['lr'][scale], stem, scale) if scale in where['lr'] else None
+                    if src_lr and osp.splitext(src_lr)[1].lower() == ext.lower():
+                        shutil.copy2(src_lr, lr_out)
+                        copied += 1
+                    else:
+                        hr_img = cv2.imread(osp.join(where['hr'], hr_name), cv2.IMREAD_UNCHANGED) \
+                            if hr_img is None else hr_img
+                        if hr_img is None:
+                            raise PrepError(f'unreadable image: {osp.join(where["hr"], hr_name)}')
+                        cv2.imwrite(lr_out, bicubic_downscale(hr_img, scale))
+                        generated += 1
+                    written += 1
+    extra = {'sets': ','.join(n for n, f in found.items() if f), 'lr_generated': generated, 'lr_copied': copied}
+    if missing:
+        extra['not_found'] = ','.join(missing)
+    return Summary('benchmark', written, folder_bytes(dst_root), timer.seconds, dst_root, extra)
+
+
+def _copy(src: str, dst: str, overwrite: bool) -> bool:
+    if osp.exists(dst) and not overwrite:
+        return False
+    shutil.copy2(src, dst)
+    return True
+
+
+def benchmark_option_snippet(dst_root: str, name: str, scale: int) -> List[str]:
+    """YAML lines for a test/val dataset entry using the arranged layout (filename_tmpl '{}')."""
+    base = osp.join(dst_root, name)
+    return [f'  test_{name}:', f'    name: {name}', '    type: PairedImageDataset',
+            f'    dataroot_gt: {base}/HR', f'    dataroot_lq: {base}/LR_bicubic/X{scale}',
+            "    filename_tmpl: '{}'", '    io_backend:', '      type: disk']
+
+
+__all__ = ['arrange_benchmark', 'find_set', 'SETS', 'benchmark_option_snippet']
