@@ -1,7 +1,8 @@
 """The embedded default job: build tiny LMDBs, train, test and compare with bicubic, all on CPU.
 
-The images are scikit-image's bundled samples, so nothing is downloaded. Training and testing go through
-``basicsr train`` / ``basicsr test`` in a subprocess, exactly as a user runs them.
+The images are scikit-image's bundled samples, so nothing is downloaded. Every step goes through the tools
+a user runs by hand (``datasets_prep``'s sub-images, bicubic LR and LMDB, then ``basicsr train`` and
+``basicsr test`` in a subprocess), so the demo exercises them end to end.
 """
 import os
 import os.path as osp
@@ -32,35 +33,12 @@ def _save_samples(names: Tuple[str, ...], folder: str) -> None:
         cv2.imwrite(osp.join(folder, f'{name}.png'), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
 
-def _crop_subimages(src: str, dst: str, crop: int, step: int) -> None:
-    """Cut every image into ``crop``-sized tiles at stride ``step`` (names ``<stem>_s001.png``)."""
-    os.makedirs(dst, exist_ok=True)
-    for name in sorted(os.listdir(src)):
-        img = cv2.imread(osp.join(src, name))
-        h, w = img.shape[:2]
-        tops, lefts = range(0, h - crop + 1, step), range(0, w - crop + 1, step)
-        for index, (top, left) in enumerate(((t, l) for t in tops for l in lefts), start=1):
-            cv2.imwrite(osp.join(dst, f'{osp.splitext(name)[0]}_s{index:03d}.png'), img[top:top + crop, left:left + crop])
-
-
-def _make_lr(hr_dir: str, lr_dir: str, scale: int) -> None:
-    """MATLAB-bicubic downscaling with BasicSR's ``imresize``, as the DIV2K/DF2K LR images are made."""
-    from basicsr.utils.matlab_functions import imresize
-    os.makedirs(lr_dir, exist_ok=True)
-    for name in sorted(os.listdir(hr_dir)):
-        hr = cv2.imread(osp.join(hr_dir, name)).astype(np.float32) / 255.
-        lr = np.clip(imresize(hr, 1 / scale) * 255., 0, 255).round().astype(np.uint8)
-        cv2.imwrite(osp.join(lr_dir, name), lr)
-
-
-def _make_lmdb(folder: str, lmdb_path: str) -> None:
-    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
-    names = sorted(os.listdir(folder))
-    make_lmdb_from_imgs(folder, lmdb_path, names, [osp.splitext(n)[0] for n in names], n_thread=1)
-
-
 def build_data(root: str, scale: int) -> Dict[str, str]:
     """Sub-image, bicubic-LR and LMDB the training samples; keep the validation pair as folders."""
+    from datasets_prep.extract_subimages import extract_subimages
+    from datasets_prep.make_lmdb import make_lmdb
+    from datasets_prep.make_lr import make_lr
+
     src = osp.join(root, 'samples')
     paths = {
         'train_hr': osp.join(root, 'train_HR_sub.lmdb'),
@@ -73,11 +51,11 @@ def build_data(root: str, scale: int) -> Dict[str, str]:
     _save_samples(TRAIN_IMAGES, osp.join(src, 'train'))
     _save_samples(VAL_IMAGES, paths['val_hr'])
     hr_sub, lr_sub = osp.join(root, 'train_HR_sub'), osp.join(root, f'train_LR_sub_X{scale}')
-    _crop_subimages(osp.join(src, 'train'), hr_sub, crop=192, step=96)
-    _make_lr(hr_sub, lr_sub, scale)
-    _make_lr(paths['val_hr'], paths['val_lr'], scale)
-    _make_lmdb(hr_sub, paths['train_hr'])
-    _make_lmdb(lr_sub, paths['train_lr'])
+    extract_subimages(osp.join(src, 'train'), hr_sub, crop_size=192, step=96, thresh_size=0, overwrite=True)
+    for hr_dir, lr_dir in ((hr_sub, lr_sub), (paths['val_hr'], paths['val_lr'])):
+        make_lr(hr_dir, lr_dir, scale, overwrite=True)
+    make_lmdb(hr_sub, paths['train_hr'], overwrite=True)
+    make_lmdb(lr_sub, paths['train_lr'], overwrite=True)
     return paths
 
 
