@@ -15,6 +15,8 @@ COMMANDS = {  # add a subcommand here: name -> module with HELP and main(argv)
     'demo': 'dvmsr_mma.cli.demo',
     'prep': 'dvmsr_mma.cli.prep',
     'lmdb': 'dvmsr_mma.cli.lmdb',
+    'infer': 'dvmsr_mma.cli.infer',
+    'bench': 'dvmsr_mma.cli.bench',
 }
 
 
