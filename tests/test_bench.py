@@ -36,6 +36,8 @@ def test_scan_formula_one_mixer():
     b, d, l, n = 1, 6, 20, 4
     assert c['flops_scan'] == 9 * b * l * d * n + 2 * b * d * l
     assert c['flops_conv1d'] == b * d * l * 4
+    assert c['flops_fvcore'] == l * (3 * 12 + 6 * (1 + 8) + 1 * 6 + 6 * 3)  # in_proj, x_proj, dt_proj, out_proj
+    assert c['flops_fvcore_fused'] == l * 3 * 12  # only in_proj is outside the fused mamba_inner_fn
 
 
 def test_conv_net_has_no_scan_flops():
