@@ -1,6 +1,7 @@
 """Shared by ``basicsr train`` and ``basicsr test``: BasicSR's own command-line flags and pipelines."""
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 from typing import Callable, Iterator, List
@@ -48,9 +49,17 @@ def _argv(argv: List[str]) -> Iterator[None]:
         sys.argv = saved
 
 
-def run_pipeline(pipeline: Callable[[str], None], prog: str, argv: List[str]) -> int:
-    """Run a BasicSR pipeline with ``argv`` as its command line and the current directory as root, so
-    ``experiments/``, ``results/`` and ``tb_logger/`` (and ``--auto_resume``'s search) share one place."""
+def run_pipeline(command: str, description: str, argv: List[str]) -> int:
+    """``basicsr train`` / ``basicsr test``: check the command line, then run BasicSR's own pipeline with
+    ``argv`` as its command line and the current directory as root, so ``experiments/``, ``results/`` and
+    ``tb_logger/`` (and ``--auto_resume``'s search) share one place."""
+    from dvmsr_mma.cli import OneLineParser
+
+    prog = f'basicsr {command}'
+    parser = OneLineParser(prog=prog, description=description)
+    add_basicsr_flags(parser, train=command == 'train')
+    check_option_file(parser.parse_args(argv).opt)
+    pipeline: Callable[[str], None] = getattr(importlib.import_module(f'basicsr.{command}'), f'{command}_pipeline')
     with _argv([prog, *argv]):
         pipeline(os.getcwd())
     return 0
