@@ -1,6 +1,9 @@
 """``basicsr infer``: upscale an image file or a folder of images with any registered network."""
+import os
 import sys
 from typing import List
+
+import yaml
 
 from dvmsr_mma.cli import OneLineParser
 
@@ -33,6 +36,11 @@ def main(argv: List[str]) -> int:
     from dvmsr_mma.infer import SRInferencer, infer_paths, list_inputs
     if args.arch and not args.weights:
         raise OptionError('--arch needs --weights FILE')
+    if args.opt and not args.weights and os.path.isfile(args.opt):
+        with open(args.opt, encoding='utf-8') as f:
+            opt = yaml.safe_load(f)
+        if not isinstance(opt, dict) or not (opt.get('path') or {}).get('pretrain_network_g'):
+            raise OptionError(f'-opt: {args.opt} sets no path.pretrain_network_g; pass --weights FILE')
     inputs = list_inputs(args.input)
     inferencer = SRInferencer(args.opt or args.arch, scale=args.scale, weights=args.weights, tile=args.tile,
                               tile_pad=args.tile_pad, device=args.device,
