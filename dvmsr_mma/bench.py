@@ -180,7 +180,7 @@ def benchmark(model: Any, scale: Optional[int] = None, size=(256, 256), device: 
         is_opt = not isinstance(model, str) or model.endswith(('.yml', '.yaml'))
         net, scale, pretrain = build_network(opt=model if is_opt else None, arch=None if is_opt else model,
                                              scale=scale)
-        arch = type(net).__name__
+        arch = model if isinstance(model, str) and not is_opt else type(net).__name__  # MMA_T builds an MMA
         weights = weights or (pretrain if psnr_dir else None)
     if weights:
         load_weights(net, weights)
