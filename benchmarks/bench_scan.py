@@ -9,7 +9,6 @@ does not see torch's allocations.
 """
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import time

@@ -1,4 +1,6 @@
 """Shared test set-up: the ``cuda`` marker skips cleanly on machines without a CUDA device."""
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -12,3 +14,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if 'cuda' in item.keywords:
             item.add_marker(skip_cuda)
+
+
+def _write_pairs(folder, count, size, seed, scale=2):
+    """``count`` smooth random HR images (so there is something to learn) and their LR, as HR/ and LR/ folders."""
+    rng = np.random.default_rng(seed)
+    hr_dir, lr_dir = folder / 'HR', folder / 'LR'
+    hr_dir.mkdir(parents=True)
+    lr_dir.mkdir()
+    for i in range(count):
+        hr = cv2.resize(rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8), (size, size),
+                        interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(hr_dir / f'{i:04d}.png'), hr)
+        lr = cv2.resize(hr, (size // scale, size // scale), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(lr_dir / f'{i:04d}.png'), lr)
+    return str(hr_dir), str(lr_dir)
+
+
+@pytest.fixture
+def write_pairs():
+    """Factory: ``write_pairs(folder, count, size, seed, scale=2) -> (hr_dir, lr_dir)``."""
+    return _write_pairs

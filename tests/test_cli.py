@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import cv2
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -50,24 +49,9 @@ def test_help_lists_subcommands():
         assert f'  {command} ' in result.stdout
 
 
-def _write_pairs(folder, count, size, seed):
-    rng = np.random.default_rng(seed)
-    hr_dir, lr_dir = folder / 'HR', folder / 'LR'
-    hr_dir.mkdir(parents=True)
-    lr_dir.mkdir()
-    for i in range(count):
-        # smooth random images, so there is something to learn
-        hr = cv2.resize(rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8), (size, size),
-                        interpolation=cv2.INTER_CUBIC)
-        cv2.imwrite(str(hr_dir / f'{i:04d}.png'), hr)
-        lr = cv2.resize(hr, (size // SCALE, size // SCALE), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(lr_dir / f'{i:04d}.png'), lr)
-    return str(hr_dir), str(lr_dir)
-
-
-def _tiny_options(tmp_path, total_iter):
-    train_hr, train_lr = _write_pairs(tmp_path / 'train', 4, 64, seed=0)
-    val_hr, val_lr = _write_pairs(tmp_path / 'val', 2, 48, seed=1)
+def _tiny_options(tmp_path, total_iter, write_pairs):
+    train_hr, train_lr = write_pairs(tmp_path / 'train', 4, 64, seed=0)
+    val_hr, val_lr = write_pairs(tmp_path / 'val', 2, 48, seed=1)
     network = {'type': 'SRVGGNetCompact', 'num_feat': 8, 'num_conv': 2, 'upscale': SCALE}
     metrics = {'psnr': {'type': 'calculate_psnr', 'crop_border': SCALE, 'test_y_channel': True}}
     train = {
@@ -124,8 +108,8 @@ def _latest_log(run_dir):
         return f.read()
 
 
-def test_train_resume_test_cycle_on_cpu(tmp_path):
-    train_yml, test_yml = _tiny_options(tmp_path, total_iter=4)
+def test_train_resume_test_cycle_on_cpu(tmp_path, write_pairs):
+    train_yml, test_yml = _tiny_options(tmp_path, 4, write_pairs)
     run_dir = tmp_path / 'experiments' / 'tiny'
 
     result = basicsr(['train', '-opt', str(train_yml)], cwd=tmp_path)
@@ -152,8 +136,8 @@ def test_train_resume_test_cycle_on_cpu(tmp_path):
                                                                                                                3)
 
 
-def test_unknown_network_type_is_one_line(tmp_path):
-    train_yml, _ = _tiny_options(tmp_path, total_iter=1)
+def test_unknown_network_type_is_one_line(tmp_path, write_pairs):
+    train_yml, _ = _tiny_options(tmp_path, 1, write_pairs)
     opt = yaml.safe_load(train_yml.read_text())
     opt['network_g']['type'] = 'SRVGGNetCompat'
     train_yml.write_text(yaml.safe_dump(opt))

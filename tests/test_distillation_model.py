@@ -4,8 +4,6 @@ import os
 import subprocess
 import sys
 
-import cv2
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -199,26 +197,12 @@ def test_bad_distill_options(tmp_path, distill, message):
 
 
 # ------------------------------------------------------------------------------- through `basicsr train`
-def _write_pairs(folder, count, size, seed):
-    rng = np.random.default_rng(seed)
-    hr_dir, lr_dir = folder / 'HR', folder / 'LR'
-    hr_dir.mkdir(parents=True)
-    lr_dir.mkdir()
-    for i in range(count):
-        hr = cv2.resize(rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8), (size, size),
-                        interpolation=cv2.INTER_CUBIC)
-        cv2.imwrite(str(hr_dir / f'{i:04d}.png'), hr)
-        cv2.imwrite(str(lr_dir / f'{i:04d}.png'), cv2.resize(hr, (size // SCALE, size // SCALE),
-                                                              interpolation=cv2.INTER_AREA))
-    return str(hr_dir), str(lr_dir)
-
-
-def test_cli_train_and_auto_resume(tmp_path):
+def test_cli_train_and_auto_resume(tmp_path, write_pairs):
     """2 iterations, then --auto_resume to 4: the teacher comes back from the state's record although
     check_resume pointed path.pretrain_network_t at a net_t_2.pth that does not exist."""
     teacher_path, _ = save_teacher(tmp_path, TEACHER)
-    train_hr, train_lr = _write_pairs(tmp_path / 'train', 2, 64, seed=0)
-    val_hr, val_lr = _write_pairs(tmp_path / 'val', 1, 32, seed=1)
+    train_hr, train_lr = write_pairs(tmp_path / 'train', 2, 64, seed=0)
+    val_hr, val_lr = write_pairs(tmp_path / 'val', 1, 32, seed=1)
     opt = {
         'name': 'distill', 'model_type': 'DistillationModel', 'scale': SCALE, 'num_gpu': 0, 'manual_seed': 0,
         'datasets': {

@@ -4,7 +4,6 @@ import logging
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import dvmsr_mma.ops.dispatch as dispatch
 import sys

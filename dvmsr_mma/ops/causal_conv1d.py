@@ -1,5 +1,4 @@
 """Depthwise causal conv1d with the semantics of ``causal_conv1d.causal_conv1d_fn``."""
-import torch
 import torch.nn.functional as F
 
 from .dispatch import use_kernel
