@@ -4,8 +4,9 @@
 
 The step loop is slow (one Python step per token, autograd through all of them for fwd+bwd), so it runs once
 per size, and its fwd+bwd is skipped at l=65536 (printed as 'skipped'). Peak memory is the growth of the
-process's max RSS (``resource.getrusage``) over a no-grad forward run in a fresh subprocess, because tracemalloc
-does not see torch's allocations.
+resident set over one no-grad forward in a fresh subprocess: the peak (VmHWM) is reset through
+/proc/self/clear_refs just before the call, so import-time peaks do not hide it (tracemalloc does not see
+torch's allocations). Linux only.
 """
 import argparse
 import os
@@ -60,16 +61,32 @@ def run_case(name, impl, b, d, l, n, device, backward, repeats):
     return timeit(call, repeats, device)
 
 
+PEAK_RSS_CHILD = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from dvmsr_mma.ops.selective_scan import selective_scan_torch
+
+def status_kb(field):
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ':'))
+
+b, d, l, n = {b}, {d}, {l}, {n}
+u, dl, B, C = torch.randn(b, d, l), torch.rand(b, d, l), torch.randn(b, n, l), torch.randn(b, n, l)
+A = -torch.rand(d, n)
+torch.set_grad_enabled(False)
+selective_scan_torch(u[..., :64], dl[..., :64], A, B[..., :64], C[..., :64], None, None, None, True)  # warm-up
+before = status_kb('VmRSS')
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')  # reset the peak (VmHWM) to the current RSS, so import-time peaks do not hide the forward's
+y = selective_scan_torch(u, dl, A, B, C, None, None, None, True)
+print((status_kb('VmHWM') - before) / 1024)
+"""
+
+
 def peak_rss_child(b, d, l, n):
-    code = ('import resource,sys,torch; sys.path.insert(0, %r);'
-            'import importlib; m = importlib.import_module("dvmsr_mma.ops.selective_scan");'
-            'g = torch.Generator().manual_seed(0);'
-            'u = torch.randn(%d, %d, %d); dl = torch.rand(%d, %d, %d); A = -torch.rand(%d, %d);'
-            'B = torch.randn(%d, %d, %d); C = torch.randn(%d, %d, %d);'
-            'r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;'
-            'torch.set_grad_enabled(False); y = m.selective_scan_torch(u, dl, A, B, C, None, None, None, True);'
-            'r1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; print((r1 - r0) / 1024)'
-            % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), b, d, l, b, d, l, d, n, b, n, l, b, n, l))
+    """Peak extra resident memory (MB) of one no-grad forward in a fresh process (Linux /proc), output included."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = PEAK_RSS_CHILD.format(root=root, b=b, d=d, l=l, n=n)
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
