@@ -5,9 +5,9 @@ like the set (case-insensitive; B100 also as BSD100/BSDS100) and, inside it, the
 ``HR``, ``GTmod12``, ``original``, ``hr`` or the set folder itself that holds images (the EDSR
 ``benchmark.zip`` and BasicSR's Google-Drive layouts both work).
 
-LR naming (decided here): **the LR file has the HR file's name**, ``Set5/LR_bicubic/X4/baby.png`` for
-``Set5/HR/baby.png``, so test options use ``filename_tmpl: '{}'`` (BasicSR's default). LR already in the
-source (``LR_bicubic/X<s>`` or ``LRbicx<s>``, also EDSR's ``babyx4.png`` naming) is copied under that name;
+LR naming is EDSR's ``benchmark.zip`` one, which the package's test options expect: ``Set5/HR/baby.png`` pairs
+with ``Set5/LR_bicubic/X4/babyx4.png`` (``filename_tmpl: '{}x4'``). LR already in the source
+(``LR_bicubic/X<s>`` or ``LRbicx<s>``, named ``baby.png`` or ``babyx4.png``) is copied under that name;
 missing LR is generated with ``make_lr``'s MATLAB bicubic after mod-cropping the HR. The HR files are copied
 as they are, not mod-cropped: one HR folder serves every scale, and ``PairedImageDataset`` crops GT to
 ``scale × LR`` at validation/test time. Files already at the destination are kept unless ``overwrite``.
@@ -102,7 +102,7 @@ def arrange_benchmark(src_root: str,
                     written += 1
                 hr_img = None
                 for scale in scales:
-                    lr_out = osp.join(dst_root, name, 'LR_bicubic', f'X{scale}', hr_name)
+                    lr_out = osp.join(dst_root, name, 'LR_bicubic', f'X{scale}', f'{stem}x{scale}{ext}')
                     if osp.exists(lr_out) and not overwrite:
                         continue
                     os.makedirs(osp.dirname(lr_out), exist_ok=True)
@@ -132,11 +132,11 @@ def _copy(src: str, dst: str, overwrite: bool) -> bool:
 
 
 def benchmark_option_snippet(dst_root: str, name: str, scale: int) -> List[str]:
-    """YAML lines for a test/val dataset entry using the arranged layout (filename_tmpl '{}')."""
+    """YAML lines for a test/val dataset entry using the arranged layout (filename_tmpl '{}x<s>')."""
     base = osp.join(dst_root, name)
     return [f'  test_{name}:', f'    name: {name}', '    type: PairedImageDataset',
             f'    dataroot_gt: {base}/HR', f'    dataroot_lq: {base}/LR_bicubic/X{scale}',
-            "    filename_tmpl: '{}'", '    io_backend:', '      type: disk']
+            f"    filename_tmpl: '{{}}x{scale}'", '    io_backend:', '      type: disk']
 
 
 __all__ = ['arrange_benchmark', 'find_set', 'SETS', 'benchmark_option_snippet']
