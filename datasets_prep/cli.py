@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser('benchmark', help='arrange Set5/Set14/B100/Urban100/Manga109, make missing LR')
     p.add_argument('--input', required=True, help='folder holding the downloaded set folders')
     p.add_argument('--output', default='datasets/benchmark', help='default datasets/benchmark')
+    p.add_argument('--mod', type=int, default=12, help='mod-crop HR to a multiple of this (default 12, as GTmod12)')
     p.add_argument('--sets', nargs='+', default=None, help='default: all five')
     p.add_argument('--scales', type=int, nargs='+', default=[2, 3, 4], help='default 2 3 4')
     p.add_argument('--overwrite', action='store_true', help='replace files already arranged')
@@ -86,7 +87,8 @@ def _run(args: argparse.Namespace):
         from datasets_prep.verify import verify_lmdb
         return verify_lmdb(args.input, args.lr, args.scale, progress)
     from datasets_prep.benchmark import SETS, arrange_benchmark
-    return arrange_benchmark(args.input, args.output, args.sets or SETS, args.scales, args.overwrite, progress)
+    return arrange_benchmark(args.input, args.output, args.sets or SETS, args.scales, args.overwrite, progress,
+                                args.mod)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -226,13 +226,14 @@ def test_benchmark_layout(tmp_path):
             assert sorted(os.listdir(osp.join(dst, name, 'LR_bicubic', f'X{s}'))) == [
                 i.replace('.png', f'x{s}.png') for i in imgs]  # EDSR naming, filename_tmpl '{}x<s>'
     assert cv2.imread(osp.join(dst, 'Set5', 'LR_bicubic', 'X2', '0000x2.png'))[0, 0, 0] == 7  # copied, not made
-    assert cv2.imread(osp.join(dst, 'B100', 'LR_bicubic', 'X4', '0000x4.png')).shape == (7, 7, 3)  # 28 / 4
+    assert cv2.imread(osp.join(dst, 'B100', 'HR', '0000.png')).shape == (24, 24, 3)  # 30 mod-cropped to 12
+    assert cv2.imread(osp.join(dst, 'B100', 'LR_bicubic', 'X4', '0000x4.png')).shape == (6, 6, 3)
 
 
 def test_benchmark_layout_pairs_with_the_test_options(tmp_path):
     import yaml
     from basicsr.data import build_dataset
-    _write_images(str(tmp_path / 'src' / 'Set5' / 'HR'), [(24, 24), (32, 28)])
+    _write_images(str(tmp_path / 'src' / 'Set5' / 'HR'), [(24, 24), (36, 50)])
     dst = tmp_path / 'benchmark'
     arrange_benchmark(str(tmp_path / 'src'), str(dst), sets=('Set5', ), scales=(4, ), progress=False)
     with open('options/test_dvmsr_x4.yml') as f:
@@ -240,4 +241,4 @@ def test_benchmark_layout_pairs_with_the_test_options(tmp_path):
     dataset_opt.update(phase='test', scale=4, dataroot_gt=str(dst / 'Set5' / 'HR'),
                        dataroot_lq=str(dst / 'Set5' / 'LR_bicubic' / 'X4'))
     dataset = build_dataset(dataset_opt)
-    assert sorted(tuple(dataset[i]['lq'].shape) for i in range(len(dataset))) == [(3, 6, 6), (3, 8, 7)]
+    assert sorted(tuple(dataset[i]['lq'].shape) for i in range(len(dataset))) == [(3, 6, 6), (3, 9, 12)]
