@@ -18,8 +18,8 @@ class _Parser(argparse.ArgumentParser):
         raise PrepError(f'{self.prog}: {message} (see --help)')
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog='datasets_prep', description='Prepare SR datasets for BasicSR.')
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description='Prepare SR datasets for BasicSR.')
     sub = parser.add_subparsers(dest='step', required=True, metavar='STEP')
 
     p = sub.add_parser('extract_subimages', help="crop images into sub-images, as BasicSR's script")
@@ -88,11 +88,11 @@ def _run(args: argparse.Namespace):
         return verify_lmdb(args.input, args.lr, args.scale, progress)
     from datasets_prep.benchmark import SETS, arrange_benchmark
     return arrange_benchmark(args.input, args.output, args.sets or SETS, args.scales, args.overwrite, progress,
-                                args.mod)
+                             args.mod)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = _parser()
+def main(argv: Optional[List[str]] = None, prog: str = 'python -m datasets_prep') -> int:
+    parser = _parser(prog)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         try:

@@ -6,4 +6,4 @@ HELP = 'pack an image folder into an LMDB for BasicSR (same as "prep make_lmdb")
 
 def main(argv: List[str]) -> int:
     from datasets_prep.cli import main as prep_main
-    return prep_main(['make_lmdb', *argv])
+    return prep_main(['make_lmdb', *argv], prog='basicsr prep')

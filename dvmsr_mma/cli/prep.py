@@ -6,4 +6,4 @@ HELP = 'prepare datasets: extract_subimages, make_lr, make_lmdb, verify, benchma
 
 def main(argv: List[str]) -> int:
     from datasets_prep.cli import main as prep_main
-    return prep_main(argv)
+    return prep_main(argv, prog='basicsr prep')
