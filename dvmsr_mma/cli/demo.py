@@ -9,7 +9,7 @@ HELP = 'build tiny LMDBs from bundled sample images, train a small DVMSR on CPU,
 def main(argv: List[str]) -> int:
     parser = OneLineParser(prog='basicsr demo', description=HELP)
     parser.add_argument('--workdir', default='demo_output', help='where data, experiments/ and results/ go')
-    parser.add_argument('--iters', type=int, default=300, help='training iterations')
+    parser.add_argument('--iters', type=int, default=1000, help='training iterations')
     args = parser.parse_args(argv)
     if args.iters < 1:
         parser.error(f'--iters must be positive, got {args.iters}')
