@@ -107,10 +107,10 @@ def main():
     loop = scan_mod.selective_scan_step_loop
     n = 16
     print('\n== targets ==')
-    t_fwd = run_case('torch', torch_path, 1, 120, 16384, n, device, False, 2)
+    t_fwd = run_case('torch', torch_path, 1, 120, 16384, n, device, False, 5)
     l_fwd = run_case('loop', loop, 1, 120, 16384, n, device, False, 1)
     print(f'fwd     b=1 d=120 l=16384: torch {t_fwd:8.3f}s  loop {l_fwd:8.3f}s  loop/torch {l_fwd / t_fwd:6.2f}x')
-    t_fb = run_case('torch', torch_path, 4, 120, 4096, n, device, True, 2)
+    t_fb = run_case('torch', torch_path, 4, 120, 4096, n, device, True, 5)
     l_fb = run_case('loop', loop, 4, 120, 4096, n, device, True, 1)
     print(f'fwd+bwd b=4 d=120 l=4096 : torch {t_fb:8.3f}s  loop {l_fb:8.3f}s  loop/torch {l_fb / t_fb:6.2f}x')
     if device == 'cpu':
@@ -123,7 +123,7 @@ def main():
         for l in lengths:
             for backward in (False, True):
                 what = 'fwd+bwd' if backward else 'fwd    '
-                t = run_case('torch', torch_path, 1, d, l, n, device, backward, 1 if l > 4096 else 2)
+                t = run_case('torch', torch_path, 1, d, l, n, device, backward, 1 if l > 4096 else 3)
                 line = f'{what} d={d:3d} l={l:5d}: torch {t:8.3f}s'
                 if backward and l > 4096:
                     line += '  loop  skipped (one Python step per token under autograd: too slow)'
