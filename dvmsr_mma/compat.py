@@ -213,5 +213,7 @@ def apply() -> None:
     dist_util._init_dist_pytorch = _init_dist_pytorch
     basicsr.train.parse_options = _checked(basicsr.train.parse_options)
     basicsr.test.parse_options = _checked(basicsr.test.parse_options)
+    from dvmsr_mma import resume  # imports basicsr: only once the fixes above are in place
+    resume.install()
     logging.getLogger('basicsr').debug('dvmsr_mma: basicsr compatibility patches applied')
     _applied = True

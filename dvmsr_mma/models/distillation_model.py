@@ -61,6 +61,7 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from dvmsr_mma.compat import atomic_torch_save
 from dvmsr_mma.errors import OptionError
+from dvmsr_mma.resume import training_state
 
 POSITIONS = ('output', 'end', 'mid')
 BLOCK_LISTS = ('layers', 'body')  # DVMSR's RSSBs, MMA's blocks
@@ -352,17 +353,12 @@ class DistillationModel(SRModel):
 
     @master_only
     def save_training_state(self, epoch, current_iter):
-        """BasicSR's state (epoch, iter, optimizers, schedulers) plus ``distillation``: the adapters and
+        """The training state of :func:`dvmsr_mma.resume.training_state` plus ``distillation``: the adapters and
         where the teacher came from. Written atomically."""
         if current_iter == -1:
             return
-        state = {
-            'epoch': epoch,
-            'iter': current_iter,
-            'optimizers': [o.state_dict() for o in self.optimizers],
-            'schedulers': [s.state_dict() for s in self.schedulers],
-            'distillation': self.distillation_state(),
-        }
+        state = training_state(self, epoch, current_iter)
+        state['distillation'] = self.distillation_state()
         atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state):
