@@ -101,11 +101,15 @@ def restore_position(state: Dict[str, Any]) -> None:
     if sampler is None:  # resume_training outside basicsr's train pipeline
         return
     done = state['iter'] - state['epoch'] * per_epoch  # BasicSR's epochs always run per_epoch iterations
-    if state.get('iters_per_epoch') != per_epoch or not 0 <= done <= per_epoch:
+    restart = f"epoch {state['epoch']} starts again from its first batch, with fresh random generators."
+    if 'iters_per_epoch' not in state:
+        get_root_logger().warning(f"Resume state of iter {state['iter']} has no sampler position (written by "
+                                  f'BasicSR itself): {restart}')
+        return
+    if state['iters_per_epoch'] != per_epoch or not 0 <= done <= per_epoch:
         get_root_logger().warning(
-            f"Resume state of iter {state['iter']} was written with {state.get('iters_per_epoch')} iterations per "
-            f'epoch, this run has {per_epoch} (other batch size, dataset or world size?): epoch '
-            f"{state['epoch']} starts again from its first batch.")
+            f"Resume state of iter {state['iter']} was written with {state['iters_per_epoch']} iterations per "
+            f'epoch, this run has {per_epoch} (other batch size, dataset or world size?): {restart}')
         return
     if _train_run['world_size'] > 1:  # the state holds rank 0's generators only
         sampler.resume_from(done * _train_run['batch_size'], None)

@@ -9,6 +9,8 @@ import pytest
 import torch
 import yaml
 
+from basicsr.utils import get_root_logger
+
 SCALE = 2
 TOTAL_ITER = 10  # 6 images, batch 2: 3 iterations per epoch, so the kills and saves fall inside epochs
 
@@ -141,3 +143,29 @@ def test_killed_run_resumes_bit_identical(tmp_path, write_pairs, uninterrupted, 
         assert resumed[key].keys() == reference[key].keys()
         different = [name for name, value in resumed[key].items() if not torch.equal(value, reference[key][name])]
         assert not different, f'{key}: {len(different)} tensors differ from the uninterrupted run, e.g. {different[0]}'
+
+
+@pytest.mark.parametrize('state, skip, warning', [
+    ({'epoch': 2, 'iter': 8, 'iters_per_epoch': 3, 'rng': {}}, 4, None),  # 2 of epoch 2's 3 batches used
+    ({'epoch': 2, 'iter': 8, 'iters_per_epoch': 4, 'rng': {}}, None, 'written with 4 iterations per epoch'),
+    ({'epoch': 2, 'iter': 8}, None, 'has no sampler position'),
+])
+def test_sampler_position_checked(monkeypatch, caplog, state, skip, warning):
+    from dvmsr_mma import resume
+
+    class Sampler:
+        def resume_from(self, skip, rng):
+            self.resumed = skip
+
+    sampler = Sampler()
+    basicsr_logger = get_root_logger()  # does not propagate: listen to it directly
+    basicsr_logger.addHandler(caplog.handler)
+    monkeypatch.setattr(resume, '_train_run', {'sampler': sampler, 'iters_per_epoch': 3, 'batch_size': 2,
+                                               'world_size': 1})
+    try:
+        resume.restore_position(state)
+    finally:
+        basicsr_logger.removeHandler(caplog.handler)
+    assert getattr(sampler, 'resumed', None) == skip
+    if warning:
+        assert warning in caplog.text and 'starts again from its first batch' in caplog.text
