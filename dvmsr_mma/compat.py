@@ -1,8 +1,10 @@
 """Make basicsr 1.4.2 (its last release, 2022) work with today's torch, torchvision and numpy.
 
 Every BasicSR fix of this package lives here, applied once by ``import dvmsr_mma`` before anything
-imports ``basicsr``. Each patch names the breakage it fixes and has a test in ``tests/test_compat.py``
-that fails without it.
+imports ``basicsr``. Each patch names the breakage it fixes and has a test that fails without it, in
+``tests/test_compat.py`` (the distributed ones in ``tests/test_distributed.py``). What the package adds on top
+of BasicSR is installed from :func:`apply` as well but lives in its own modules: one-line errors for bad
+inputs (``checks.py``) and exact resume (``resume.py``).
 """
 import difflib
 import importlib
@@ -10,6 +12,9 @@ import logging
 import os
 import os.path as osp
 import pickle
+import re
+import shutil
+import subprocess
 import sys
 import types
 from typing import Any, Dict, Optional
@@ -149,6 +154,71 @@ def _init_dist_pytorch(backend: str, **kwargs: Any) -> None:
     dist.init_process_group(backend=backend, **kwargs)
 
 
+def _init_dist(launcher: str, backend: str = 'nccl', **kwargs: Any) -> None:
+    """Replacement for ``basicsr.utils.dist_util.init_dist`` without its switch of all later process starts to
+    ``spawn``: a spawned DataLoader worker of ``python -m dvmsr_mma`` (``torchrun -m dvmsr_mma``) unpickles its
+    dataset by importing basicsr before this module has patched it, and dies. Workers started the platform's
+    default way (fork on Linux, as in PyTorch's own DDP examples) inherit the patched basicsr."""
+    from basicsr.utils import dist_util
+
+    if launcher == 'pytorch':
+        dist_util._init_dist_pytorch(backend, **kwargs)
+    elif launcher == 'slurm':
+        dist_util._init_dist_slurm(backend, **kwargs)
+    else:
+        raise ValueError(f'Invalid launcher type: {launcher}')
+
+
+def first_slurm_host(node_list: str) -> str:
+    """The first host of a simple Slurm node list (``node[03-07,9],gpu1`` -> ``node03``), for machines where
+    ``scontrol``, which expands any list, is not installed."""
+    prefix, first, suffix = re.match(r'([^,\[]*)(?:\[([^\],-]*)[^\]]*\]([^,\[]*))?', node_list).groups()
+    return prefix + (first or '') + (suffix or '')
+
+
+def _init_dist_slurm(backend: str, port: Optional[int] = None) -> None:
+    """Replacement for ``basicsr.utils.dist_util._init_dist_slurm``: upstream divides by the CUDA device count
+    and calls ``torch.cuda.set_device`` (so ``--launcher slurm`` dies on CPU nodes) and takes the master address
+    from ``scontrol`` even where it is not installed. Without CUDA this uses gloo; without ``scontrol`` the
+    master is ``MASTER_ADDR`` or else the first host of ``SLURM_NODELIST``."""
+    import torch.distributed as dist
+
+    proc_id, node_list = int(os.environ['SLURM_PROCID']), os.environ['SLURM_NODELIST']
+    if torch.cuda.is_available():
+        local_rank = proc_id % torch.cuda.device_count()
+        torch.cuda.set_device(local_rank)
+    else:
+        local_rank, backend = int(os.environ.get('SLURM_LOCALID', proc_id)), 'gloo'
+    hosts = []
+    if shutil.which('scontrol'):
+        hosts = subprocess.run(['scontrol', 'show', 'hostnames', node_list], capture_output=True,
+                               text=True).stdout.split()
+    os.environ['MASTER_ADDR'] = hosts[0] if hosts else os.environ.get('MASTER_ADDR') or first_slurm_host(node_list)
+    if port is not None:
+        os.environ['MASTER_PORT'] = str(port)
+    os.environ.setdefault('MASTER_PORT', '29500')  # torch.distributed's default port
+    os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+    os.environ['LOCAL_RANK'] = str(local_rank)
+    os.environ['RANK'] = str(proc_id)
+    dist.init_process_group(backend=backend)
+
+
+def _model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
+    """Replacement for ``basicsr.models.base_model.BaseModel.model_to_device``: upstream always gives DDP
+    ``device_ids=[torch.cuda.current_device()]``, which crashes a distributed CPU (gloo) run. A CPU module
+    gets no ``device_ids``, as DDP requires."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    net = net.to(self.device)
+    if self.opt['dist']:
+        device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+        return DistributedDataParallel(net, device_ids=device_ids,
+                                       find_unused_parameters=self.opt.get('find_unused_parameters', False))
+    if self.opt['num_gpu'] > 1:
+        return DataParallel(net)
+    return net
+
+
 def check_device_options(opt: Dict[str, Any]) -> None:
     """Turn BasicSR's device traps into one clear error each, before anything is built.
 
@@ -160,14 +230,14 @@ def check_device_options(opt: Dict[str, Any]) -> None:
     num_gpu = opt.get('num_gpu', 0)
     if isinstance(num_gpu, int) and num_gpu > available:
         raise OptionError(f'num_gpu: {num_gpu} but {available} CUDA device(s) are visible; '
-                         'set num_gpu: auto (or 0 for CPU)')
+                          'set num_gpu: auto (or 0 for CPU)')
     for phase, dataset_opt in opt.get('datasets', {}).items():
         mode = dataset_opt.get('prefetch_mode')
         if mode == 'cuda' and available == 0:
             raise OptionError(f'datasets.{phase}.prefetch_mode: cuda needs a CUDA device; remove it or use cpu')
         if mode == 'cpu' and dataset_opt.get('persistent_workers'):
             raise OptionError(f'datasets.{phase}: prefetch_mode: cpu with persistent_workers: true hangs in BasicSR; '
-                             'drop one of them')
+                              'drop one of them')
 
 
 def _registry_get(self, name: str, suffix: str = 'basicsr') -> Any:
@@ -211,6 +281,11 @@ def apply() -> None:
     registry.Registry.get = _registry_get
     basicsr.train.load_resume_state = load_resume_state
     dist_util._init_dist_pytorch = _init_dist_pytorch
+    dist_util._init_dist_slurm = _init_dist_slurm
+    dist_util.init_dist = basicsr.utils.options.init_dist = _init_dist
+    base_model.BaseModel.model_to_device = _model_to_device
+    from dvmsr_mma import checks  # one-line errors for bad inputs; installed first so _checked stays outermost
+    checks.install()
     basicsr.train.parse_options = _checked(basicsr.train.parse_options)
     basicsr.test.parse_options = _checked(basicsr.test.parse_options)
     from dvmsr_mma import resume  # imports basicsr: only once the fixes above are in place

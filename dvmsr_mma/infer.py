@@ -14,7 +14,7 @@ state decays along the scan, so a generous ``tile_pad`` (32 or more LR pixels) k
 import math
 import os
 from collections import OrderedDict
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -69,9 +69,9 @@ def build_network(opt: Union[str, Mapping, None] = None, arch: Optional[str] = N
     return net, int(scale), pretrain
 
 
-def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """A BasicSR checkpoint (``params_ema``, else ``params``, else the dict itself) or a ``.safetensors`` file,
-    with any DataParallel ``module.`` prefix stripped. ``.pth`` files load with ``weights_only=True``."""
+def load_checkpoint(path: str) -> Any:
+    """What a ``.pth`` (loaded with ``weights_only=True``) or ``.safetensors`` file holds; an unreadable file is
+    one :class:`OptionError` line."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'no such weights file: {path}')
     if path.endswith('.safetensors'):
@@ -80,45 +80,62 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         except ImportError as err:
             raise OptionError(f'{path}: reading .safetensors needs the safetensors package '
                               '(pip install safetensors)') from err
-        state = load_file(path)
-    else:
-        try:
-            state = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as err:  # pickle/zip errors have many types
-            raise OptionError(f'{path}: not a readable PyTorch checkpoint ({type(err).__name__}: '
-                              f'{str(err).splitlines()[0] if str(err) else ""})') from err
-        if isinstance(state, Mapping):
-            for key in ('params_ema', 'params'):
-                if isinstance(state.get(key), Mapping):
-                    state = state[key]
-                    break
+        return load_file(path)
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # pickle/zip errors have many types
+        raise OptionError(f'{path}: not a readable PyTorch checkpoint ({type(err).__name__}: '
+                          f'{str(err).splitlines()[0] if str(err) else ""})') from err
+
+
+def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """A BasicSR checkpoint (``params_ema``, else ``params``, else the dict itself) or a ``.safetensors`` file,
+    with any DataParallel ``module.`` prefix stripped. ``.pth`` files load with ``weights_only=True``."""
+    state = load_checkpoint(path)
+    if isinstance(state, Mapping):
+        for key in ('params_ema', 'params'):
+            if isinstance(state.get(key), Mapping):
+                state = state[key]
+                break
     if not isinstance(state, Mapping):
         raise OptionError(f'{path}: holds no state dict')
+    return without_module_prefix(state)
+
+
+def without_module_prefix(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """``state`` with DataParallel's ``module.`` key prefix stripped, as BasicSR's ``load_network`` does."""
     return OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
 
 
-def _few(keys, n=3):
-    keys = sorted(keys)
-    return ', '.join(keys[:n]) + (', ...' if len(keys) > n else '')
+def few_names(names: Iterable[Any], n: int = 3) -> str:
+    """The first ``n`` sorted names and ``...`` if there are more: enough to see the pattern, still one line."""
+    names = sorted(str(name) for name in names)
+    return ', '.join(names[:n]) + (', ...' if len(names) > n else '')
+
+
+def state_dict_mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str:
+    """Why ``state`` cannot load strictly where ``own`` is the network's state dict: the count and a few keys of
+    each kind (missing, unexpected, other shape); '' when it fits."""
+    missing = set(own) - set(state)
+    unexpected = set(state) - set(own)
+    shapes = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in sorted(set(own) & set(state))
+              if tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f'{len(missing)} missing ({few_names(missing)})')
+    if unexpected:
+        parts.append(f'{len(unexpected)} unexpected ({few_names(unexpected)})')
+    if shapes:
+        parts.append(f'{len(shapes)} shape mismatches ({"; ".join(shapes[:3])}{"; ..." if len(shapes) > 3 else ""})')
+    return '; '.join(parts)
 
 
 def load_weights(net: nn.Module, path: str) -> nn.Module:
     """Strict load; a mismatch raises one :class:`OptionError` line naming a few keys of each kind + counts."""
     state = read_state_dict(path)
-    own = net.state_dict()
-    missing = set(own) - set(state)
-    unexpected = set(state) - set(own)
-    shapes = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in sorted(set(own) & set(state))
-              if tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f'{len(missing)} missing ({_few(missing)})')
-        if unexpected:
-            parts.append(f'{len(unexpected)} unexpected ({_few(unexpected)})')
-        if shapes:
-            parts.append(f'{len(shapes)} shape mismatches ({"; ".join(shapes[:3])}{"; ..." if len(shapes) > 3 else ""})')
-        raise OptionError(f'{path} does not fit {type(net).__name__}: ' + '; '.join(parts))
+    mismatch = state_dict_mismatch(net.state_dict(), state)
+    if mismatch:
+        raise OptionError(f'{path} does not fit {type(net).__name__}: {mismatch}')
     net.load_state_dict(state, strict=True)
     return net
 

@@ -1,0 +1,393 @@
+"""Pre-flight checks of a ``basicsr train`` / ``basicsr test`` run: options, datasets, pretrained weights.
+
+BasicSR 1.4.2 meets a bad input late and obscurely: a ``KeyError`` for a missing option, a ``TypeError`` deep in
+torch where PyYAML read ``2e-4`` as text, a bare ``assert`` for unpaired images, a ``ValueError`` at some batch
+(maybe hours in) for an HR/LR size mismatch or an image smaller than the patch, a ``RuntimeError`` listing every
+key of a checkpoint for another network. Here each is one :class:`~dvmsr_mma.errors.OptionError` line naming the
+option, the value or file, and the fix, raised right after the options are parsed (before the run folder, logger,
+datasets or networks exist) or, for a checkpoint's keys, just before BasicSR loads it. Images are checked from
+their headers (or the shapes in an LMDB's ``meta_info.txt``), so even large datasets are checked in seconds.
+"""
+import functools
+import os
+import os.path as osp
+import re
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+
+from torch import nn
+
+from dvmsr_mma.errors import OptionError
+from dvmsr_mma.infer import IMAGE_EXTENSIONS, few_names, load_checkpoint, state_dict_mismatch, without_module_prefix
+
+_MISSING = object()
+ROOTS = {  # dataset type -> the image roots it reads (HR first); other types get an existence check only
+    'PairedImageDataset': ('dataroot_gt', 'dataroot_lq'),
+    'SingleImageDataset': ('dataroot_lq',),
+    'ImageNetPretrainDataset': ('dataroot_gt',),
+}
+WHOLE_NUMBERS = (  # option (* = every dataset), least value, float allowed (BasicSR's files write !!float 5e3)
+    ('scale', 1, False, 'scale: 4'),
+    ('num_gpu', 0, False, 'num_gpu: auto'),
+    ('datasets.*.gt_size', 1, False, 'gt_size: 128'),
+    ('datasets.*.batch_size_per_gpu', 1, False, 'batch_size_per_gpu: 16'),
+    ('datasets.*.num_worker_per_gpu', 0, False, 'num_worker_per_gpu: 4'),
+    ('train.total_iter', 1, True, 'total_iter: 500000'),
+    ('train.warmup_iter', -1, True, 'warmup_iter: -1'),
+    ('val.val_freq', 1, True, 'val_freq: 5000'),
+    ('logger.print_freq', 1, True, 'print_freq: 100'),
+    ('logger.save_checkpoint_freq', 1, True, 'save_checkpoint_freq: 5000'),
+)
+NUMBERS = (('train.optim_g.lr', 'lr: 2.0e-4'), ('train.ema_decay', 'ema_decay: 0.999'))
+_NUMBER = re.compile(r'[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?')
+_TEXT_KEYS = ('name', 'type', 'suffix', 'filename_tmpl', 'path', 'wandb')  # text even if it looks like a number
+
+
+def install() -> None:
+    """Check each run's options right after BasicSR parses them, and each checkpoint before BasicSR loads it.
+
+    Called by ``compat.apply`` before it wraps ``parse_options`` itself, so its device checks stay outermost."""
+    import basicsr.test
+    import basicsr.train
+    from basicsr.models.base_model import BaseModel
+
+    basicsr.train.parse_options = _checking_options(basicsr.train.parse_options)
+    basicsr.test.parse_options = _checking_options(basicsr.test.parse_options)
+    BaseModel.load_network = _checking_weights(BaseModel.load_network)
+
+
+def _checking_options(parse_options: Callable) -> Callable:
+    @functools.wraps(parse_options)
+    def parse_options_checked(*args, **kwargs):
+        try:
+            opt, args_ = parse_options(*args, **kwargs)
+        except KeyError as err:  # parse_options reads num_gpu (and the keys --force_yml changes) with []
+            key = err.args[0] if err.args else err
+            if key == 'num_gpu':
+                raise OptionError('num_gpu: not set; add it, e.g. num_gpu: auto (or 0 for CPU)') from err
+            raise OptionError(f'{key}: not set; add it to the option file (--force_yml can only change options '
+                              'the file has)') from err
+        check_options(opt)
+        return opt, args_
+
+    return parse_options_checked
+
+
+def _checking_weights(load_network: Callable) -> Callable:
+    @functools.wraps(load_network)
+    def load_network_checked(self, net, load_path, strict=True, param_key='params'):
+        option = next((f'path.{key}' for key, value in self.opt['path'].items()
+                       if key.startswith('pretrain_network') and value == load_path), 'pretrained weights')
+        check_weights(self.get_bare_model(net), load_path, param_key, strict, option, self.is_train)
+        return load_network(self, net, load_path, strict, param_key)
+
+    return load_network_checked
+
+
+def check_options(opt: Mapping[str, Any]) -> None:
+    """Raise one OptionError line for the first problem in parsed options (``parse_options``'s output)."""
+    _check_required(opt)
+    _check_values(opt)
+    scale = opt['scale']
+    for phase, dataset_opt in opt['datasets'].items():
+        gt_size = dataset_opt.get('gt_size')
+        if dataset_opt['phase'] == 'train' and gt_size is not None and gt_size % scale:
+            low = gt_size - gt_size % scale
+            raise OptionError(f'datasets.{phase}.gt_size: {gt_size} is not a multiple of scale {scale} (the LR patch '
+                              f'is gt_size / scale pixels); use {low or scale}' + (f' or {low + scale}' if low else ''))
+        check_dataset(f'datasets.{phase}', dataset_opt, scale)
+    if not (opt.get('auto_resume') or opt['path'].get('resume_state')):  # resume loads the run's own checkpoints
+        for key, path in opt['path'].items():
+            if key.startswith('pretrain_network') and isinstance(path, str) and not osp.isfile(path):
+                raise OptionError(_no_weights(f'path.{key}', path, opt['is_train']))
+
+
+def _lookup(opt: Mapping[str, Any], option: str) -> Any:
+    value = opt
+    for key in option.split('.'):
+        if not isinstance(value, Mapping) or key not in value:
+            return _MISSING
+        value = value[key]
+    return value
+
+
+def _expand(opt: Mapping[str, Any], option: str) -> List[str]:
+    """``datasets.*.x`` -> ``datasets.<phase>.x`` for every dataset."""
+    if not option.startswith('datasets.*.'):
+        return [option]
+    return [option.replace('*', str(phase), 1) for phase in opt['datasets']]
+
+
+def _required(opt: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
+    """(option, how to write it) for every option this run cannot do without: BasicSR reads them with ``[]``."""
+    from basicsr.models.sr_model import SRModel
+    from basicsr.utils.registry import MODEL_REGISTRY
+
+    yield 'scale', 'scale: 4'
+    yield 'network_g.type', 'network_g: {type: DVMSR, upscale: 4}'
+    if opt['is_train']:
+        yield 'datasets.train', 'datasets: {train: {name: DF2K, type: PairedImageDataset, ...}}'
+    for phase, dataset_opt in opt['datasets'].items():
+        where = f'datasets.{phase}'
+        yield f'{where}.name', 'name: DF2K'
+        yield f'{where}.type', 'type: PairedImageDataset'
+        kind = dataset_opt.get('type')
+        for key in ROOTS.get(kind, ()):
+            yield f'{where}.{key}', f'{key}: datasets/DF2K/{"HR" if key == "dataroot_gt" else "LR_bicubic_X4"}'
+        if kind in ROOTS:
+            yield f'{where}.io_backend.type', 'io_backend: {type: disk} (or lmdb)'
+        if dataset_opt.get('phase') == 'train':
+            if kind in ('PairedImageDataset', 'ImageNetPretrainDataset'):
+                yield f'{where}.gt_size', 'gt_size: 128 (the HR patch size, a multiple of scale)'
+            if kind == 'PairedImageDataset':
+                yield f'{where}.use_hflip', 'use_hflip: true'
+                yield f'{where}.use_rot', 'use_rot: true'
+            yield f'{where}.batch_size_per_gpu', 'batch_size_per_gpu: 16'
+            yield f'{where}.num_worker_per_gpu', 'num_worker_per_gpu: 4'
+    if opt['is_train']:
+        yield 'train.total_iter', 'total_iter: 500000'
+        if issubclass(MODEL_REGISTRY.get(opt['model_type']), SRModel):
+            yield 'train.optim_g.type', 'optim_g: {type: Adam, lr: 2.0e-4}'
+            yield 'train.scheduler.type', 'scheduler: {type: MultiStepLR, milestones: [250000], gamma: 0.5}'
+        yield 'logger.print_freq', 'print_freq: 100'
+        yield 'logger.save_checkpoint_freq', 'save_checkpoint_freq: 5000'
+        if opt.get('val') is not None:
+            yield 'val.val_freq', 'val_freq: 5000'
+    else:
+        yield 'val.save_img', 'save_img: true'
+
+
+def _check_required(opt: Mapping[str, Any]) -> None:
+    for option, example in _required(opt):
+        if _lookup(opt, option) in (_MISSING, None):
+            raise OptionError(f'{option}: not set; add it, e.g. {example}')
+
+
+def _check_values(opt: Mapping[str, Any]) -> None:
+    for pattern, least, float_ok, example in WHOLE_NUMBERS:
+        for option in _expand(opt, pattern):
+            value = _lookup(opt, option)
+            if value in (_MISSING, None):
+                continue
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if not (whole or float_ok and isinstance(value, float) and value.is_integer()):
+                raise OptionError(_not_a_number(option, value, example, whole=True))
+            if value < least:
+                raise OptionError(f'{option}: {value} is less than {least}; write e.g. {example}')
+    for option, example in NUMBERS:
+        value = _lookup(opt, option)
+        if value not in (_MISSING, None) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise OptionError(_not_a_number(option, value, example, whole=False))
+    for option, value in _numbers_as_text(opt, ''):
+        raise OptionError(_not_a_number(option, value, '', whole=False))
+
+
+def _numbers_as_text(value: Any, where: str) -> Iterator[Tuple[str, str]]:
+    """Strings such as ``2e-4`` anywhere in the options: PyYAML 1.1 reads a float as text unless it has a dot
+    and a signed exponent, and BasicSR passes it on to torch as is."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            key = str(key)
+            if key not in _TEXT_KEYS and not key.startswith('dataroot') and not key.endswith('_file'):
+                yield from _numbers_as_text(item, f'{where}.{key}' if where else key)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _numbers_as_text(item, f'{where}[{i}]')
+    elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()) and 'e' in value.lower():
+        yield where, value
+
+
+def _not_a_number(option: str, value: Any, example: str, whole: bool) -> str:
+    key = option.rsplit('.', 1)[-1]
+    text = value.strip() if isinstance(value, str) else ''
+    if _NUMBER.fullmatch(text):
+        number = float(text.replace('_', ''))
+        if 'e' in text.lower():
+            mantissa, exponent = re.split('[eE]', text)
+            mantissa += '' if '.' in mantissa else '.0'
+            as_float = f'{mantissa}e{exponent if exponent[0] in "+-" else "+" + exponent}'
+            fix = str(int(number)) if whole and number.is_integer() else f'{as_float} or !!float {text}'
+            return (f'{option}: {value!r} is text, not a number (PyYAML reads a number with an exponent as text '
+                    f'unless it has a dot and a signed exponent); write {fix}')
+        if number.is_integer() or not whole:
+            return f'{option}: {value!r} is quoted, so it is text; write it without quotes: {key}: {text}'
+    return f'{option}: {value!r} is not {"a whole number" if whole else "a number"}; write e.g. {example}'
+
+
+def _from_cwd(path: str) -> str:
+    return '' if osp.isabs(path) else f' (relative to {os.getcwd()})'
+
+
+def _no_weights(option: str, path: str, is_train: bool) -> str:
+    hint = ', or set it to ~ to start without pretrained weights' if is_train else ''
+    return f'{option}: no such file: {path}{_from_cwd(path)}; fix the path{hint}'
+
+
+# ---------------------------------------------------------------------------------------------------- datasets
+def check_dataset(where: str, dataset_opt: Mapping[str, Any], scale: int) -> None:
+    """Roots exist and hold images (an LMDB: its ``meta_info.txt``); a PairedImageDataset's pairs match by name,
+    are ``scale`` apart and, for training, at least ``gt_size``: the things BasicSR finds only batch by batch."""
+    lmdb = (dataset_opt.get('io_backend') or {}).get('type') == 'lmdb'
+    for key in ('dataroot_gt', 'dataroot_lq'):
+        root = dataset_opt.get(key)
+        if isinstance(root, str) and not osp.isdir(root):
+            problem = 'no such folder' if not osp.exists(root) else 'not a folder'
+            raise OptionError(f'{where}.{key}: {problem}: {root}{_from_cwd(root)}; fix the path')
+    meta_file = dataset_opt.get('meta_info_file')
+    if meta_file and not lmdb and not osp.isfile(meta_file):
+        raise OptionError(f'{where}.meta_info_file: no such file: {meta_file}{_from_cwd(meta_file)}; fix the path')
+    kind = dataset_opt.get('type')
+    if kind not in ROOTS:
+        return
+    recursive = kind == 'ImageNetPretrainDataset'  # it searches ImageNet's train/<wnid>/ folders
+    listed = {key: _lmdb_shapes(f'{where}.{key}', dataset_opt[key]) if lmdb
+              else _folder_images(f'{where}.{key}', dataset_opt[key], recursive) for key in ROOTS[kind]}
+    if kind == 'PairedImageDataset':
+        _check_pairs(where, dataset_opt, scale, listed['dataroot_gt'], listed['dataroot_lq'], lmdb)
+
+
+def _rebuild(root: str) -> str:
+    return f'rebuild it with: basicsr lmdb --input <image folder> --output {root} --overwrite'
+
+
+def _lmdb_shapes(option: str, root: str) -> Dict[str, Optional[Tuple[int, int]]]:
+    """LMDB key -> (w, h) from ``meta_info.txt`` (None where a line has no shape)."""
+    if not root.rstrip('/').endswith('.lmdb'):
+        raise OptionError(f'{option}: io_backend lmdb needs a folder ending in .lmdb, got {root}; make one with: '
+                          f'basicsr lmdb --input {root} --output {root.rstrip("/")}.lmdb, or use io_backend: '
+                          '{type: disk}')
+    meta = osp.join(root, 'meta_info.txt')
+    if not osp.isfile(meta):
+        raise OptionError(f'{option}: {root} has no meta_info.txt (unfinished, or not made for BasicSR); '
+                          f'{_rebuild(root)}')
+    shapes = {}
+    with open(meta, encoding='utf-8') as f:
+        for line in f:
+            if line.strip():
+                shape = re.search(r'\((\d+),\s*(\d+)', line)  # "<key>.png (h,w,c) <level>"
+                shapes[line.split('.')[0]] = (int(shape[2]), int(shape[1])) if shape else None  # BasicSR's key
+    if not shapes:
+        raise OptionError(f'{option}: {root} holds no images (empty meta_info.txt); {_rebuild(root)}')
+    return shapes
+
+
+def _folder_images(option: str, root: str, recursive: bool) -> Dict[str, None]:
+    """The files BasicSR's ``scandir`` lists (every visible file: a stray one breaks the pairing as well)."""
+    from basicsr.utils import scandir
+
+    names = scandir(root, recursive=recursive)
+    if recursive:  # ImageNet-sized: only show there is one image; the dataset lists them itself
+        if not any(name.lower().endswith(IMAGE_EXTENSIONS) for name in names):
+            raise OptionError(f'{option}: no images in {root} (nor its sub-folders); put the images there or '
+                              'fix the path')
+        return {}
+    files = dict.fromkeys(sorted(names))
+    if not any(name.lower().endswith(IMAGE_EXTENSIONS) for name in files):
+        sub = ' (sub-folders are not searched)' if any(e.is_dir() for e in os.scandir(root)) else ''
+        raise OptionError(f'{option}: no images in {root}{sub}; put the images there or fix the path')
+    return files
+
+
+def _image_size(option: str, root: str, name: str) -> Tuple[int, int]:
+    """(w, h) from the file's header; cv2 decodes what Pillow cannot open."""
+    import cv2
+    from PIL import Image
+
+    path = osp.join(root, name)
+    if not osp.isfile(path):
+        raise OptionError(f'{option}: no such image: {path} (listed in meta_info_file); fix the list or add the image')
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # Pillow raises several types for files it cannot read
+        img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise OptionError(f'{option}: {path} is not a readable image; remove it (BasicSR reads every file there)')
+    return img.shape[1], img.shape[0]
+
+
+def _more(items: List[Any], noun: str) -> str:
+    return f' (and {len(items) - 1} more {noun})' if len(items) > 1 else ''
+
+
+def _check_pairs(where: str, dataset_opt: Mapping[str, Any], scale: int, gt: Dict[str, Any], lq: Dict[str, Any],
+                 lmdb: bool) -> None:
+    """HR/LR pairing as PairedImageDataset does it (same LMDB key; else the LR name is
+    ``filename_tmpl.format(HR stem) + HR extension``), then the sizes of every pair."""
+    meta_file = None if lmdb else dataset_opt.get('meta_info_file')
+    if lmdb:
+        pairs = [(key, key) for key in sorted(gt)]
+    else:
+        tmpl = dataset_opt.get('filename_tmpl', '{}')
+        if meta_file:
+            with open(meta_file, encoding='utf-8') as f:
+                names = [line.split(' ')[0].strip() for line in f if line.strip()]
+        else:
+            names = list(gt)
+        pairs = [(name, tmpl.format(osp.splitext(name)[0]) + osp.splitext(name)[1]) for name in names]
+    gt_root, lq_root = dataset_opt['dataroot_gt'], dataset_opt['dataroot_lq']
+    no_lq = [lq_name for _, lq_name in pairs if lq_name not in lq]
+    if no_lq and not meta_file:
+        raise OptionError(f'{where}: {len(no_lq)} HR image(s) in dataroot_gt have no LR image in dataroot_lq '
+                          f'{lq_root}: {few_names(no_lq)} missing; each HR image needs an LR image of the same name '
+                          '(or set filename_tmpl)')
+    paired = {lq_name for _, lq_name in pairs}
+    no_gt = [name for name in lq if name not in paired]
+    if no_gt and not meta_file:
+        raise OptionError(f'{where}: {len(no_gt)} LR image(s) in dataroot_lq have no HR image in dataroot_gt '
+                          f'{gt_root}: {few_names(no_gt)}; remove them or add their HR images')
+
+    train = dataset_opt['phase'] == 'train'
+    gt_size = dataset_opt.get('gt_size') if train else None
+    wrong, small, sides = [], [], []
+    for gt_name, lq_name in pairs:
+        if lmdb:
+            gt_wh, lq_wh = gt[gt_name], lq[lq_name]
+            if gt_wh is None or lq_wh is None:
+                continue
+        else:
+            gt_wh = _image_size(f'{where}.dataroot_gt', gt_root, gt_name)
+            lq_wh = _image_size(f'{where}.dataroot_lq', lq_root, lq_name)
+        (gw, gh), (lw, lh) = gt_wh, lq_wh
+        if (gw, gh) != (lw * scale, lh * scale) and (train or (gw // scale, gh // scale) != (lw, lh)):
+            wrong.append(f'HR {gt_name} is {gw}x{gh} but LR {lq_name} is {lw}x{lh}')
+        elif gt_size is not None and min(gw, gh) < gt_size:
+            small.append(f'HR {gt_name} ({gw}x{gh})')
+        sides.append(min(gw, gh))
+    if wrong:
+        rule = f'HR = {scale} x LR exactly' if train else f'LR = HR / {scale}, rounded down'
+        raise OptionError(f'{where}: {wrong[0]}{_more(wrong, "pairs")}; scale: {scale} needs {rule}; make the LR '
+                          f'images with basicsr prep make_lr --scale {scale}, or fix scale')
+    if small:
+        fit = min(sides) - min(sides) % scale
+        fix = f'lower gt_size to {fit} or less, or remove' if fit else 'remove'
+        raise OptionError(f'{where}.gt_size: {gt_size} is larger than {small[0]}{_more(small, "images")}; '
+                          f'{fix} the smaller images')
+
+
+# ---------------------------------------------------------------------------------------------------- weights
+def check_weights(net: nn.Module, path: str, param_key: Optional[str], strict: bool, option: str,
+                  is_train: bool) -> None:
+    """The checkpoint exists, has ``param_key`` (with BasicSR's fallback to ``params``) and, when ``strict``,
+    fits ``net`` key for key and shape; the mismatch names a few keys, where torch would list them all."""
+    if not osp.isfile(path):
+        raise OptionError(_no_weights(option, path, is_train))
+    try:
+        state = load_checkpoint(path)
+    except OptionError as err:
+        raise OptionError(f'{option}: {err}') from err
+    suffix = option.rsplit('pretrain_network', 1)[-1] if 'pretrain_network' in option else '_g'
+    if param_key is not None:
+        if isinstance(state, Mapping) and param_key not in state and 'params' in state:
+            param_key = 'params'  # as BasicSR's load_network
+        if not isinstance(state, Mapping) or not isinstance(state.get(param_key), Mapping):
+            plain = isinstance(state, Mapping) and all(hasattr(v, 'shape') for v in state.values())
+            fix = (f'set path.param_key{suffix}: ~ to load it as a plain state dict' if plain
+                   else f'set path.param_key{suffix} to the entry holding the weights')
+            held = f' (it holds {few_names(state)})' if isinstance(state, Mapping) else ''
+            raise OptionError(f'{option}: {path} has no {param_key!r} entry{held}; {fix}')
+        state = state[param_key]
+    if strict:
+        mismatch = state_dict_mismatch(net.state_dict(), without_module_prefix(state))
+        if mismatch:
+            raise OptionError(f'{option}: {path} does not fit {type(net).__name__}: {mismatch}; network{suffix} and '
+                              'scale must be those the checkpoint was trained with')
