@@ -178,7 +178,8 @@ def test_parse_options_is_checked():
 
 def test_unknown_type_names_close_registered_names():
     from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
-    with pytest.raises(OptionError, match=r"'SRVGGNetCompat' is not registered in .*arch.*did you mean SRVGGNetCompact"):
+    message = r"'SRVGGNetCompat' is not registered in .*arch.*did you mean SRVGGNetCompact"
+    with pytest.raises(OptionError, match=message):
         ARCH_REGISTRY.get('SRVGGNetCompat')
     with pytest.raises(OptionError, match='known: .*L1Loss'):
         LOSS_REGISTRY.get('Nothing')

@@ -55,8 +55,8 @@ def model_opt(tmp_path, teacher_path, distill_opt, student=STUDENT, teacher=TEAC
 
 def batch(seed=0, n=2, size=16):
     g = torch.Generator().manual_seed(seed)
-    return {'lq': torch.rand(n, 3, size, size, generator=g), 'gt': torch.rand(n, 3, size * SCALE, size * SCALE,
-                                                                                generator=g)}
+    lq = torch.rand(n, 3, size, size, generator=g)
+    return {'lq': lq, 'gt': torch.rand(n, 3, size * SCALE, size * SCALE, generator=g)}
 
 
 def train_steps(model, steps, seed=0):

@@ -77,9 +77,9 @@ def _first_tensor(value: Any) -> torch.Tensor:
 
 def _block_list(net: nn.Module, name: Optional[str], where: str) -> str:
     """``name``, or the first of BLOCK_LISTS that ``net`` has as a ModuleList / Sequential."""
-    names = [name] if name else [n for n in BLOCK_LISTS if isinstance(getattr(net, n, None), (nn.ModuleList,
-                                                                                             nn.Sequential))]
-    if not names or not isinstance(getattr(net, names[0], None), (nn.ModuleList, nn.Sequential)):
+    lists = (nn.ModuleList, nn.Sequential)
+    names = [name] if name else [n for n in BLOCK_LISTS if isinstance(getattr(net, n, None), lists)]
+    if not names or not isinstance(getattr(net, names[0], None), lists):
         raise OptionError(f'train.distill_opt.{where}: {type(net).__name__} has no block list '
                           f'({" or ".join(BLOCK_LISTS)}); give module names instead of indices, or set blocks')
     return names[0]
