@@ -87,6 +87,7 @@ def check_options(opt: Mapping[str, Any]) -> None:
     """Raise one OptionError line for the first problem in parsed options (``parse_options``'s output)."""
     _check_required(opt)
     _check_values(opt)
+    _check_types(opt)
     scale = opt['scale']
     for phase, dataset_opt in opt['datasets'].items():
         gt_size = dataset_opt.get('gt_size')
@@ -99,6 +100,20 @@ def check_options(opt: Mapping[str, Any]) -> None:
         for key, path in opt['path'].items():
             if key.startswith('pretrain_network') and isinstance(path, str) and not osp.isfile(path):
                 raise OptionError(_no_weights(f'path.{key}', path, opt['is_train']))
+
+
+def _check_types(opt: Mapping[str, Any]) -> None:
+    """Every ``network_*`` type is registered, and a distillation run names its teacher: BasicSR finds out only
+    when it builds the model, after it has made the run's folder (which a rerun then archives)."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    for key, network_opt in opt.items():
+        if key.startswith('network_') and isinstance(network_opt, Mapping) and 'type' in network_opt:
+            ARCH_REGISTRY.get(network_opt['type'])  # an OptionError naming close names
+    if opt['is_train'] and opt.get('model_type') == 'DistillationModel' and 'network_t' in opt and not (
+            opt['path'].get('pretrain_network_t') or opt.get('auto_resume') or opt['path'].get('resume_state')):
+        raise OptionError('path.pretrain_network_t is not set: DistillationModel needs the trained teacher weights, '
+                          'e.g. experiments/<teacher run>/models/net_g_latest.pth')
 
 
 def _lookup(opt: Mapping[str, Any], option: str) -> Any:

@@ -13,6 +13,7 @@ state decays along the scan, so a generous ``tile_pad`` (32 or more LR pixels) k
 """
 import math
 import os
+import zipfile
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 
@@ -84,8 +85,14 @@ def load_checkpoint(path: str) -> Any:
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # pickle/zip errors have many types
-        raise OptionError(f'{path}: not a readable PyTorch checkpoint ({type(err).__name__}: '
-                          f'{str(err).splitlines()[0] if str(err) else ""})') from err
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+            reason = 'not a file written by torch.save'
+        elif 'Weights only load failed' in str(err):  # torch's advice (weights_only=False) would run its code
+            reason = ('it holds pickled Python objects, not just tensors, and weights load with weights_only=True; '
+                      "re-save only the weights, e.g. torch.save({'params': net.state_dict()}, path)")
+        else:
+            reason = f'{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}'
+        raise OptionError(f'{path}: not a readable PyTorch checkpoint ({reason})') from err
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:

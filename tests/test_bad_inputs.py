@@ -182,6 +182,11 @@ def not_a_checkpoint(root):
     return str(root / 'w.pth')
 
 
+def pickled_network(root):
+    torch.save({'params': build_network(dict(NETWORK))}, root / 'net.pth')  # the module, not its state dict
+    return str(root / 'net.pth')
+
+
 def distillation_without_teacher(opt, root):
     opt['model_type'] = 'DistillationModel'
     opt['network_t'] = dict(NETWORK, embed_dim=12)
@@ -200,10 +205,8 @@ def case(name, command, mutation, parts, argv=(), marks=(), early=True):
 
 CASES = [
     # 1. unknown type
-    case('unknown_network_type', TRAIN, put('network_g.type', 'DVMSRR'), ["type: 'DVMSRR' is not registered", 'DVMSR'],
-         early=False),
-    case('unknown_network_type_test', TEST, put('network_g.type', 'DVMSRR'), ["'DVMSRR' is not registered"],
-         early=False),
+    case('unknown_network_type', TRAIN, put('network_g.type', 'DVMSRR'), ["type: 'DVMSRR' is not registered", 'DVMSR']),
+    case('unknown_network_type_test', TEST, put('network_g.type', 'DVMSRR'), ["'DVMSRR' is not registered"]),
     case('unknown_model_type', TRAIN, put('model_type', 'SRModell'), ['did you mean SRModel']),
     # 2. missing options
     case('no_scale', TRAIN, drop('scale'), ['scale: not set; add it, e.g. scale: 4']),
@@ -313,10 +316,13 @@ CASES = [
          ["plain.pth has no 'params' entry", 'set path.param_key_g: ~ to load it as a plain state dict'],
          early=False),
     case('pretrain_not_a_checkpoint', TEST, put('path.pretrain_network_g', not_a_checkpoint),
-         ['path.pretrain_network_g: ', 'w.pth: not a readable PyTorch checkpoint'], early=False),
-    # 9. distillation without its teacher
-    case('distillation_without_teacher', TRAIN, distillation_without_teacher, ['path.pretrain_network_t is not set'],
+         ['path.pretrain_network_g: ', 'w.pth: not a readable PyTorch checkpoint (not a file written by torch.save)'],
          early=False),
+    case('pretrain_pickled_network', TEST, put('path.pretrain_network_g', pickled_network),
+         ['net.pth: not a readable PyTorch checkpoint (it holds pickled Python objects', 'weights_only=True',
+          'torch.save({\'params\': net.state_dict()}, path)'], early=False),
+    # 9. distillation without its teacher
+    case('distillation_without_teacher', TRAIN, distillation_without_teacher, ['path.pretrain_network_t is not set']),
     # 10. 11. devices
     case('num_gpu_too_many', TRAIN, put('num_gpu', 99), ['num_gpu: 99 but ', 'set num_gpu: auto']),
     case('num_gpu_without_cuda', TRAIN, put('num_gpu', 1), ['num_gpu: 1 but 0 CUDA'], marks=no_cuda),
