@@ -170,7 +170,8 @@ def benchmark(model: Any, scale: Optional[int] = None, size=(256, 256), device: 
               runs: int = 10, warmup: int = 2, flops: bool = True, psnr_dir: Optional[str] = None,
               weights: Optional[str] = None) -> Dict[str, Any]:
     """Everything ``basicsr bench`` prints, as a dict. ``model``: nn.Module, option file/dict or registry name."""
-    from dvmsr_mma.infer import build_network, load_weights
+    from dvmsr_mma.infer import build_network
+    from dvmsr_mma.weights import load_weights
     if isinstance(size, str):
         size = parse_size(size)
     if isinstance(model, nn.Module):

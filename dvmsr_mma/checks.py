@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from torch import nn
 
 from dvmsr_mma.errors import OptionError
-from dvmsr_mma.infer import IMAGE_EXTENSIONS, few_names, load_checkpoint, state_dict_mismatch, without_module_prefix
+from datasets_prep.common import IMG_EXTENSIONS
+from dvmsr_mma.weights import few_names, load_checkpoint, state_dict_mismatch, without_module_prefix
 
 _MISSING = object()
 ROOTS = {  # dataset type -> the image roots it reads (HR first); other types get an existence check only
@@ -291,12 +292,12 @@ def _folder_images(option: str, root: str, recursive: bool) -> Dict[str, None]:
 
     names = scandir(root, recursive=recursive)
     if recursive:  # ImageNet-sized: only show there is one image; the dataset lists them itself
-        if not any(name.lower().endswith(IMAGE_EXTENSIONS) for name in names):
+        if not any(name.lower().endswith(IMG_EXTENSIONS) for name in names):
             raise OptionError(f'{option}: no images in {root} (nor its sub-folders); put the images there or '
                               'fix the path')
         return {}
     files = dict.fromkeys(sorted(names))
-    if not any(name.lower().endswith(IMAGE_EXTENSIONS) for name in files):
+    if not any(name.lower().endswith(IMG_EXTENSIONS) for name in files):
         sub = ' (sub-folders are not searched)' if any(e.is_dir() for e in os.scandir(root)) else ''
         raise OptionError(f'{option}: no images in {root}{sub}; put the images there or fix the path')
     return files

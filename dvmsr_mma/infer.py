@@ -13,18 +13,16 @@ state decays along the scan, so a generous ``tile_pad`` (32 or more LR pixels) k
 """
 import math
 import os
-import zipfile
-from collections import OrderedDict
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import yaml
 from torch import nn
 
+from datasets_prep.common import IMG_EXTENSIONS
 from dvmsr_mma.errors import OptionError
-
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.tif', '.tiff')
+from dvmsr_mma.weights import load_weights
 
 
 def build_network(opt: Union[str, Mapping, None] = None, arch: Optional[str] = None,
@@ -68,83 +66,6 @@ def build_network(opt: Union[str, Mapping, None] = None, arch: Optional[str] = N
     if not scale:
         raise OptionError(f'{arch}: cannot tell the scale; pass --scale')
     return net, int(scale), pretrain
-
-
-def load_checkpoint(path: str) -> Any:
-    """What a ``.pth`` (loaded with ``weights_only=True``) or ``.safetensors`` file holds; an unreadable file is
-    one :class:`OptionError` line."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'no such weights file: {path}')
-    if path.endswith('.safetensors'):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as err:
-            raise OptionError(f'{path}: reading .safetensors needs the safetensors package '
-                              '(pip install safetensors)') from err
-        return load_file(path)
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # pickle/zip errors have many types
-        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
-            reason = 'not a file written by torch.save'
-        elif 'Weights only load failed' in str(err):  # torch's advice (weights_only=False) would run its code
-            reason = ('it holds pickled Python objects, not just tensors, and weights load with weights_only=True; '
-                      "re-save only the weights, e.g. torch.save({'params': net.state_dict()}, path)")
-        else:
-            reason = f'{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}'
-        raise OptionError(f'{path}: not a readable PyTorch checkpoint ({reason})') from err
-
-
-def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """A BasicSR checkpoint (``params_ema``, else ``params``, else the dict itself) or a ``.safetensors`` file,
-    with any DataParallel ``module.`` prefix stripped. ``.pth`` files load with ``weights_only=True``."""
-    state = load_checkpoint(path)
-    if isinstance(state, Mapping):
-        for key in ('params_ema', 'params'):
-            if isinstance(state.get(key), Mapping):
-                state = state[key]
-                break
-    if not isinstance(state, Mapping):
-        raise OptionError(f'{path}: holds no state dict')
-    return without_module_prefix(state)
-
-
-def without_module_prefix(state: Mapping[str, Any]) -> Dict[str, Any]:
-    """``state`` with DataParallel's ``module.`` key prefix stripped, as BasicSR's ``load_network`` does."""
-    return OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
-
-
-def few_names(names: Iterable[Any], n: int = 3) -> str:
-    """The first ``n`` sorted names and ``...`` if there are more: enough to see the pattern, still one line."""
-    names = sorted(str(name) for name in names)
-    return ', '.join(names[:n]) + (', ...' if len(names) > n else '')
-
-
-def state_dict_mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str:
-    """Why ``state`` cannot load strictly where ``own`` is the network's state dict: the count and a few keys of
-    each kind (missing, unexpected, other shape); '' when it fits."""
-    missing = set(own) - set(state)
-    unexpected = set(state) - set(own)
-    shapes = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in sorted(set(own) & set(state))
-              if tuple(state[k].shape) != tuple(own[k].shape)]
-    parts = []
-    if missing:
-        parts.append(f'{len(missing)} missing ({few_names(missing)})')
-    if unexpected:
-        parts.append(f'{len(unexpected)} unexpected ({few_names(unexpected)})')
-    if shapes:
-        parts.append(f'{len(shapes)} shape mismatches ({"; ".join(shapes[:3])}{"; ..." if len(shapes) > 3 else ""})')
-    return '; '.join(parts)
-
-
-def load_weights(net: nn.Module, path: str) -> nn.Module:
-    """Strict load; a mismatch raises one :class:`OptionError` line naming a few keys of each kind + counts."""
-    state = read_state_dict(path)
-    mismatch = state_dict_mismatch(net.state_dict(), state)
-    if mismatch:
-        raise OptionError(f'{path} does not fit {type(net).__name__}: {mismatch}')
-    net.load_state_dict(state, strict=True)
-    return net
 
 
 class SRInferencer:
@@ -273,8 +194,8 @@ def infer_paths(inferencer: SRInferencer, inputs, out_dir: str, progress: bool =
     written, failed = [], {}
     for path in tqdm(inputs, desc='infer', unit='img', disable=not progress):
         try:
-            if not path.lower().endswith(IMAGE_EXTENSIONS):
-                raise OptionError(f'{path}: not an image file (extensions: {" ".join(IMAGE_EXTENSIONS)})')
+            if not path.lower().endswith(IMG_EXTENSIONS):
+                raise OptionError(f'{path}: not an image file (extensions: {" ".join(IMG_EXTENSIONS)})')
             out = inferencer.enhance(read_image(path))
             dst = output_path(path, out_dir, inferencer.scale)
             ok, buf = cv2.imencode('.png', out)

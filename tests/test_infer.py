@@ -119,7 +119,7 @@ def test_checkpoint_for_another_arch_is_one_line(tiny_setup, tmp_path, capsys):
 
 def test_shape_mismatch_named(tmp_path):
     from dvmsr_mma.errors import OptionError
-    from dvmsr_mma.infer import load_weights
+    from dvmsr_mma.weights import load_weights
     path = tmp_path / 'w.pth'
     torch.save(SRVGGNetCompact(num_feat=8, num_conv=2, upscale=2).state_dict(), path)
     with pytest.raises(OptionError, match='shape mismatches .*body.0.weight'):
@@ -127,7 +127,7 @@ def test_shape_mismatch_named(tmp_path):
 
 
 def test_safetensors_optional(tmp_path):
-    from dvmsr_mma.infer import load_weights
+    from dvmsr_mma.weights import load_weights
     net = SRVGGNetCompact(num_feat=4, num_conv=1, upscale=2)
     path = tmp_path / 'w.safetensors'
     try:
