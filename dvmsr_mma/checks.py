@@ -5,8 +5,9 @@ torch where PyYAML read ``2e-4`` as text, a bare ``assert`` for unpaired images,
 (maybe hours in) for an HR/LR size mismatch or an image smaller than the patch, a ``RuntimeError`` listing every
 key of a checkpoint for another network. Here each is one :class:`~dvmsr_mma.errors.OptionError` line naming the
 option, the value or file, and the fix, raised right after the options are parsed (before the run folder, logger,
-datasets or networks exist) or, for a checkpoint's keys, just before BasicSR loads it. Images are checked from
-their headers (or the shapes in an LMDB's ``meta_info.txt``), so even large datasets are checked in seconds.
+datasets or networks exist) or, for a checkpoint's keys, as BasicSR loads it (the file is read once). Images are
+checked from their headers (or the shapes in an LMDB's ``meta_info.txt``), so even large datasets are checked in
+seconds.
 """
 import functools
 import os
@@ -14,10 +15,12 @@ import os.path as osp
 import re
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
+import cv2
+from PIL import Image
 from torch import nn
 
-from dvmsr_mma.errors import OptionError
 from datasets_prep.common import IMG_EXTENSIONS
+from dvmsr_mma.errors import OptionError
 from dvmsr_mma.weights import few_names, load_checkpoint, state_dict_mismatch, without_module_prefix
 
 _MISSING = object()
@@ -44,7 +47,7 @@ _TEXT_KEYS = ('name', 'type', 'suffix', 'filename_tmpl', 'path', 'wandb')  # tex
 
 
 def install() -> None:
-    """Check each run's options right after BasicSR parses them, and each checkpoint before BasicSR loads it.
+    """Check each run's options right after BasicSR parses them, and load weights through :func:`load_network`.
 
     Called by ``compat.apply`` before it wraps ``parse_options`` itself, so its device checks stay outermost."""
     import basicsr.test
@@ -53,7 +56,7 @@ def install() -> None:
 
     basicsr.train.parse_options = _checking_options(basicsr.train.parse_options)
     basicsr.test.parse_options = _checking_options(basicsr.test.parse_options)
-    BaseModel.load_network = _checking_weights(BaseModel.load_network)
+    BaseModel.load_network = load_network
 
 
 def _checking_options(parse_options: Callable) -> Callable:
@@ -73,15 +76,19 @@ def _checking_options(parse_options: Callable) -> Callable:
     return parse_options_checked
 
 
-def _checking_weights(load_network: Callable) -> Callable:
-    @functools.wraps(load_network)
-    def load_network_checked(self, net, load_path, strict=True, param_key='params'):
-        option = next((f'path.{key}' for key, value in self.opt['path'].items()
-                       if key.startswith('pretrain_network') and value == load_path), 'pretrained weights')
-        check_weights(self.get_bare_model(net), load_path, param_key, strict, option, self.is_train)
-        return load_network(self, net, load_path, strict, param_key)
+def load_network(self, net: nn.Module, load_path: str, strict: bool = True, param_key: Optional[str] = 'params'):
+    """Replacement for ``BaseModel.load_network``: the file is read once, with ``weights_only=True``, through
+    :func:`checked_weights`; then loaded as upstream does (``module.`` stripped, mismatches logged, and with
+    ``strict: false`` keys of another shape left out)."""
+    from basicsr.utils import get_root_logger
 
-    return load_network_checked
+    net = self.get_bare_model(net)
+    option = next((f'path.{key}' for key, value in self.opt['path'].items()
+                   if key.startswith('pretrain_network') and value == load_path), 'pretrained weights')
+    state, param_key = checked_weights(net, load_path, param_key, strict, option, self.is_train)
+    get_root_logger().info(f'Loading {type(net).__name__} model from {load_path}, with param key: [{param_key}].')
+    self._print_different_keys_loading(net, state, strict)
+    net.load_state_dict(state, strict=strict)
 
 
 def check_options(opt: Mapping[str, Any]) -> None:
@@ -305,9 +312,6 @@ def _folder_images(option: str, root: str, recursive: bool) -> Dict[str, None]:
 
 def _image_size(option: str, root: str, name: str) -> Tuple[int, int]:
     """(w, h) from the file's header; cv2 decodes what Pillow cannot open."""
-    import cv2
-    from PIL import Image
-
     path = osp.join(root, name)
     if not osp.isfile(path):
         raise OptionError(f'{option}: no such image: {path} (listed in meta_info_file); fix the list or add the image')
@@ -381,10 +385,11 @@ def _check_pairs(where: str, dataset_opt: Mapping[str, Any], scale: int, gt: Dic
 
 
 # ---------------------------------------------------------------------------------------------------- weights
-def check_weights(net: nn.Module, path: str, param_key: Optional[str], strict: bool, option: str,
-                  is_train: bool) -> None:
-    """The checkpoint exists, has ``param_key`` (with BasicSR's fallback to ``params``) and, when ``strict``,
-    fits ``net`` key for key and shape; the mismatch names a few keys, where torch would list them all."""
+def checked_weights(net: nn.Module, path: str, param_key: Optional[str], strict: bool, option: str,
+                    is_train: bool) -> Tuple[Dict[str, Any], Optional[str]]:
+    """The state dict (``module.`` stripped) and the param key it came from: the checkpoint exists, has
+    ``param_key`` (with BasicSR's fallback to ``params``) and, when ``strict``, fits ``net`` key for key and shape;
+    the mismatch names a few keys, where torch would list them all."""
     if not osp.isfile(path):
         raise OptionError(_no_weights(option, path, is_train))
     try:
@@ -402,8 +407,12 @@ def check_weights(net: nn.Module, path: str, param_key: Optional[str], strict: b
             held = f' (it holds {few_names(state)})' if isinstance(state, Mapping) else ''
             raise OptionError(f'{option}: {path} has no {param_key!r} entry{held}; {fix}')
         state = state[param_key]
+    if not isinstance(state, Mapping):
+        raise OptionError(f'{option}: {path} holds no state dict')
+    state = without_module_prefix(state)
     if strict:
-        mismatch = state_dict_mismatch(net.state_dict(), without_module_prefix(state))
+        mismatch = state_dict_mismatch(net.state_dict(), state)
         if mismatch:
             raise OptionError(f'{option}: {path} does not fit {type(net).__name__}: {mismatch}; network{suffix} and '
                               'scale must be those the checkpoint was trained with')
+    return state, param_key
