@@ -120,8 +120,8 @@ def _check_types(opt: Mapping[str, Any]) -> None:
             ARCH_REGISTRY.get(network_opt['type'])  # an OptionError naming close names
     if opt['is_train'] and opt.get('model_type') == 'DistillationModel' and 'network_t' in opt and not (
             opt['path'].get('pretrain_network_t') or opt.get('auto_resume') or opt['path'].get('resume_state')):
-        raise OptionError('path.pretrain_network_t is not set: DistillationModel needs the trained teacher weights, '
-                          'e.g. experiments/<teacher run>/models/net_g_latest.pth')
+        from dvmsr_mma.models.distillation_model import NO_TEACHER
+        raise OptionError(NO_TEACHER)
 
 
 def _lookup(opt: Mapping[str, Any], option: str) -> Any:

@@ -63,6 +63,8 @@ from dvmsr_mma.compat import atomic_torch_save
 from dvmsr_mma.errors import OptionError
 from dvmsr_mma.resume import training_state
 
+NO_TEACHER = ('path.pretrain_network_t is not set: DistillationModel needs the trained teacher weights, '
+              'e.g. experiments/<teacher run>/models/net_g_latest.pth')
 POSITIONS = ('output', 'end', 'mid')
 BLOCK_LISTS = ('layers', 'body')  # DVMSR's RSSBs, MMA's blocks
 _DISTILL_KEYS = ('position', 'layers', 'layers_t', 'blocks', 'blocks_t', 'probe_size')
@@ -212,8 +214,7 @@ class DistillationModel(SRModel):
         self.teacher_strict = path_opt.get('strict_load_t', True)
         resuming = bool(path_opt.get('resume_state'))
         if self.teacher_path is None:
-            raise OptionError('path.pretrain_network_t is not set: DistillationModel needs the trained teacher '
-                              'weights, e.g. experiments/<teacher run>/models/net_g_latest.pth')
+            raise OptionError(NO_TEACHER)
 
         if position != 'output' and not opt['dist'] and isinstance(self.net_g, DataParallel):
             raise OptionError(f'num_gpu: {opt["num_gpu"]} without a launcher uses DataParallel, whose replicas would '
