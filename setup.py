@@ -22,8 +22,9 @@ setup(
         'scikit-image',  # the demo's images come from its bundled samples
     ],
     extras_require={
-        # Optional fast kernels; build only on a CUDA machine. Nothing imports them unconditionally.
-        'cuda': ['mamba-ssm', 'causal-conv1d'],
+        # Optional fast kernels; build only on a CUDA machine. Nothing imports them unconditionally. The ranges are
+        # the releases whose selective_scan_fn / causal_conv1d_fn signatures the calls were checked against.
+        'cuda': ['mamba-ssm>=1.1.1,<2.4', 'causal-conv1d>=1.1.0,<1.7'],
         'test': ['pytest', 'pytest-timeout'],
     },
     entry_points={'console_scripts': ['basicsr = dvmsr_mma.cli:main']},

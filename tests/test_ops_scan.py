@@ -189,3 +189,58 @@ def test_torch_path_matches_kernel_on_cuda():
     assert rel_err(out_t, out_k.double()) < 1e-4
     for name, gt, gk in zip(NAMES, grads_t, grads_k):
         assert rel_err(gt, gk.double()) < 1e-3, name
+
+
+@pytest.mark.parametrize('l', [1, 37, 129])
+@pytest.mark.parametrize('variable_b,variable_c', [(False, False), (False, True), (True, False)])
+def test_time_invariant_b_c_match_reference(l, variable_b, variable_c):
+    """B or C of shape (d, n), as mamba_ssm accepts: values and every gradient against the float64 reference,
+    which sees them broadcast to (b, d, n, l) (one group per channel) by plain autograd ops."""
+    b, d, n = 2, 4, 3
+    u, delta, A, B, C, D, z, bias = make_inputs(b, d, n, l, 2, True, True, True, seed=l)
+    g = torch.Generator().manual_seed(7)
+    B = B if variable_b else torch.randn(d, n, generator=g)
+    C = C if variable_c else torch.randn(d, n, generator=g)
+    inputs = [u, delta, A, B, C, D, z, bias]
+    for x in inputs:
+        x.requires_grad_(True)
+
+    def per_channel(x):
+        if x.dim() == 2:
+            return x.double()[None, :, :, None].expand(b, d, n, l)
+        return x.double().repeat_interleave(d // x.shape[1], dim=1)
+
+    out = scan_mod.selective_scan_torch(*inputs, delta_softplus=True)
+    ref = reference_scan(u, delta, A, per_channel(B), per_channel(C), D, z, bias, delta_softplus=True)
+    assert rel_err(out, ref) < 1e-4
+    grad_out = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad(out, inputs, grad_out)
+    ref_grads = torch.autograd.grad(ref, inputs, grad_out.double())
+    for name, grad, ref_grad in zip(NAMES, grads, ref_grads):
+        assert grad.shape == ref_grad.shape, name
+        if ref_grad.norm() < 1e-12:
+            assert grad.abs().max() < 1e-6, name
+        else:
+            assert rel_err(grad, ref_grad) < 1e-3, name
+
+
+@pytest.mark.parametrize('name, shape, message', [
+    ('B', (2, 5, 3, 9), 'B must be (6, 3) (time-invariant), (2, 3, 9) or (2, g, 3, 9) with g dividing 6; '
+     'got (2, 5, 3, 9)'),
+    ('C', (2, 3, 8), 'C must be (6, 3) (time-invariant)'),
+    ('A', (6, ), 'A must be (d, n) = (6, n), got (6,)'),
+    ('delta', (2, 6, 8), 'delta must have the shape of u (2, 6, 9), got (2, 6, 8)'),
+    ('D', (3, ), 'D must be (6,), got (3,)'),
+])
+def test_bad_shapes_are_one_line(name, shape, message):
+    inputs = dict(zip(NAMES, make_inputs(2, 6, 3, 9, 0, True, True, True)))
+    inputs[name] = torch.randn(*shape)
+    with pytest.raises(ValueError) as err:
+        selective_scan(**inputs)
+    assert str(err.value).startswith(f'selective_scan: {message}')
+
+
+def test_return_last_state_refused():
+    inputs = make_inputs(1, 2, 2, 5, 0, False, False, False)
+    with pytest.raises(NotImplementedError, match='return_last_state is not supported'):
+        selective_scan(*inputs, return_last_state=True)

@@ -1,30 +1,61 @@
-"""Depthwise causal conv1d with the semantics of ``causal_conv1d.causal_conv1d_fn``."""
+"""Depthwise causal conv1d with the signature and semantics of ``causal_conv1d.causal_conv1d_fn``.
+
+The signature is upstream's (causal-conv1d 1.2 to 1.6): ``seq_idx``, ``initial_states``, ``return_final_states``
+and ``final_states_out`` sit between ``bias`` and ``activation``, so positional callers of upstream work here too,
+and this module calls the kernel with every option by keyword. Those four are streaming / packed-sequence
+features that super-resolution does not use; they are refused with one line rather than half supported.
+"""
+from typing import Optional
+
+import torch
 import torch.nn.functional as F
 
 from .dispatch import use_kernel
 
 __all__ = ['causal_conv1d', 'causal_conv1d_torch']
 
+ACTIVATIONS = (None, 'silu', 'swish')
 
-def causal_conv1d_torch(x, weight, bias=None, activation=None):
-    """PyTorch path: depthwise conv with ``w - 1`` zeros of left padding. x: (b, d, l), weight: (d, w)."""
-    if activation not in (None, 'silu', 'swish'):
+
+def causal_conv1d_torch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                        activation: Optional[str] = None) -> torch.Tensor:
+    """PyTorch path: depthwise conv with ``w - 1`` zeros of left padding. x: (b, d, l), weight: (d, w).
+
+    Computed in fp32 whatever the input dtypes (autocast off), and cast to x's dtype, as the kernel
+    accumulates: in fp16/bf16 a low-precision conv makes the weight gradient (a sum over b * l) drift.
+    """
+    if activation not in ACTIVATIONS:
         raise NotImplementedError('activation must be None, "silu" or "swish"')
     dim, width = weight.shape
     seqlen = x.shape[-1]
-    out = F.conv1d(x, weight.unsqueeze(1).to(x.dtype), None if bias is None else bias.to(x.dtype),
-                   padding=width - 1, groups=dim)[..., :seqlen]
-    return out if activation is None else F.silu(out)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        out = F.conv1d(x.float(), weight.float().unsqueeze(1), None if bias is None else bias.float(),
+                       padding=width - 1, groups=dim)[..., :seqlen]
+        if activation is not None:
+            out = F.silu(out)
+    return out.to(x.dtype)
 
 
-def causal_conv1d(x, weight, bias=None, activation=None):
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, seq_idx=None,
+                  initial_states=None, return_final_states: bool = False, final_states_out=None,
+                  activation: Optional[str] = None) -> torch.Tensor:
     """Causal depthwise conv1d. x: (b, d, l), weight: (d, w), bias: (d,), activation: None, 'silu' or 'swish'.
 
     Runs ``causal_conv1d_cuda`` when it is importable, the tensors are on CUDA and the PyTorch path is not forced.
+    ``seq_idx``, ``initial_states``, ``return_final_states`` and ``final_states_out`` are not supported.
     """
-    if activation not in (None, 'silu', 'swish'):
+    streaming = {'seq_idx': seq_idx, 'initial_states': initial_states, 'final_states_out': final_states_out,
+                 'return_final_states': return_final_states or None}
+    for name, value in streaming.items():
+        if value is not None:
+            raise NotImplementedError(f'causal_conv1d: {name} is not supported (a streaming / packed-sequence '
+                                      'feature of causal-conv1d that super-resolution does not use)')
+    if activation not in ACTIVATIONS:
         raise NotImplementedError('activation must be None, "silu" or "swish"')
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        raise ValueError(f'causal_conv1d: x must be (b, d, l) and weight (d, w), got x {tuple(x.shape)} and '
+                         f'weight {tuple(weight.shape)}')
     if use_kernel('causal_conv1d', 'causal_conv1d_cuda', x, weight, bias):
         from causal_conv1d import causal_conv1d_fn
-        return causal_conv1d_fn(x, weight, bias, activation)
+        return causal_conv1d_fn(x, weight, bias=bias, activation=activation)
     return causal_conv1d_torch(x, weight, bias, activation)

@@ -50,7 +50,7 @@ def _bc_to_chunks(x, chunk, nchunks):
     pad = chunk * nchunks - l
     if pad:
         x = F.pad(x, (0, pad))
-    return x.view(b, g, n, nchunks, chunk).permute(4, 0, 1, 3, 2).unsqueeze(3).contiguous()
+    return x.reshape(b, g, n, nchunks, chunk).permute(4, 0, 1, 3, 2).unsqueeze(3).contiguous()
 
 
 def _bc_from_chunks(x, seqlen):
@@ -236,12 +236,48 @@ class _SelectiveScanFn(torch.autograd.Function):
                 g_C.to(C.dtype), g_D, g_z, g_delta_bias, None)
 
 
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
+    """One line naming the tensor whose shape does not fit, instead of a reshape error deep in the scan."""
+    if u.dim() != 3:
+        raise ValueError(f'selective_scan: u must be (b, d, l), got {tuple(u.shape)}')
+    b, d, l = u.shape
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f'selective_scan: A must be (d, n) = ({d}, n), got {tuple(A.shape)}')
+    n = A.shape[1]
+    for name, x in (('delta', delta), ('z', z)):
+        if x is not None and tuple(x.shape) != (b, d, l):
+            raise ValueError(f'selective_scan: {name} must have the shape of u {(b, d, l)}, got {tuple(x.shape)}')
+    for name, x in (('D', D), ('delta_bias', delta_bias)):
+        if x is not None and tuple(x.shape) != (d, ):
+            raise ValueError(f'selective_scan: {name} must be ({d},), got {tuple(x.shape)}')
+    for name, x in (('B', B), ('C', C)):
+        fits = ((x.dim() == 2 and tuple(x.shape) == (d, n)) or (x.dim() == 3 and tuple(x.shape) == (b, n, l))
+                or (x.dim() == 4 and x.shape[0] == b and tuple(x.shape[2:]) == (n, l) and d % x.shape[1] == 0))
+        if not fits:
+            raise ValueError(f'selective_scan: {name} must be ({d}, {n}) (time-invariant), ({b}, {n}, {l}) or '
+                             f'({b}, g, {n}, {l}) with g dividing {d}; got {tuple(x.shape)}')
+
+
+def _per_channel(x, b, d, l):
+    """B or C as (b, d, n, l): a time-invariant (d, n) one broadcast over batch and time, a grouped one repeated."""
+    if x.dim() == 2:
+        return x[None, :, :, None].expand(b, d, x.shape[1], l)
+    x = x.unsqueeze(1) if x.dim() == 3 else x
+    return x.repeat_interleave(d // x.shape[1], dim=1)
+
+
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """Exact PyTorch selective scan (any device, any length), with its own O(sqrt(l))-step backward."""
+    """Exact PyTorch selective scan (any device, any length), with its own O(sqrt(l))-step backward.
+
+    Time-invariant B or C (``(d, n)``, which ``mamba_ssm`` accepts) are broadcast to ``(b, d, n, l)``, one group
+    per channel: exact, but O(b d n l) memory; the Mamba blocks of DVMSR and MMA use time-varying B and C.
+    """
     if A.is_complex():
         raise NotImplementedError('selective_scan: the PyTorch path supports real A only')
-    if B.dim() == 4 and u.shape[1] % B.shape[1]:
-        raise ValueError(f'selective_scan: d={u.shape[1]} is not divisible by the {B.shape[1]} groups of B')
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    if B.dim() == 2 or C.dim() == 2:
+        b, d, l = u.shape
+        B, C = _per_channel(B, b, d, l), _per_channel(C, b, d, l)  # autograd sums the gradients back
     return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
@@ -269,13 +305,19 @@ def selective_scan_step_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     return out.to(dtype_in)
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """Selective scan. u, delta, z: (b, d, l); A: (d, n); B, C: (b, n, l) or (b, g, n, l); D, delta_bias: (d,).
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False):
+    """Selective scan with ``mamba_ssm``'s ``selective_scan_fn`` signature. u, delta, z: (b, d, l); A: (d, n);
+    B, C: (b, n, l), (b, g, n, l) or time-invariant (d, n); D, delta_bias: (d,).
 
     Returns (b, d, l) in u's dtype. Runs ``selective_scan_cuda`` (through ``mamba_ssm``) when it is importable,
     the tensors are on CUDA and the PyTorch path is not forced; the exact PyTorch path otherwise.
+    ``return_last_state`` (for step-by-step decoding) is not supported.
     """
+    if return_last_state:
+        raise NotImplementedError('selective_scan: return_last_state is not supported (a streaming feature of '
+                                  'mamba_ssm that super-resolution does not use)')
     if use_kernel('selective_scan', 'selective_scan_cuda', u, delta, A, B, C, D, z, delta_bias):
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-        return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return selective_scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
