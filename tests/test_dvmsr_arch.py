@@ -130,8 +130,9 @@ def _small(**kwargs):
 def test_registered_with_official_argument_names():
     opt = dict(upscale=4, img_size=64, embed_dim=60, depths=[2, 2, 2, 2], img_range=1., upsampler='pixelshuffledirect',
                resi_connection='1conv', drop_path_rate=0.1,
-               mlp_ratio=2.)  # unknown to the official class too: swallowed by **kwargs as there
-    net = ARCH_REGISTRY.get('DVMSR')(**opt)
+               mlp_ratio=2.)  # unknown to the official class too: swallowed by **kwargs as there, with a warning
+    with pytest.warns(UserWarning, match=r'DVMSR: ignoring unknown argument\(s\) mlp_ratio'):
+        net = ARCH_REGISTRY.get('DVMSR')(**opt)
     assert isinstance(net, DVMSR)
 
 

@@ -4,6 +4,8 @@ Module names, state-dict keys and the forward order follow the released model
 (``nathan66666/DVMSR``, ``models/team07_DVMSR.py``) so ``model_zoo/DVMSR.pth`` loads with ``strict=True``.
 """
 import math
+import warnings
+
 import torch
 import torch.utils.checkpoint as checkpoint
 from torch import nn
@@ -109,6 +111,7 @@ class DVMSR(nn.Module):
     cls token, RMSNorm, patch_size > 1) are accepted at their off values and rejected otherwise. ``img_size``
     is unused: any h x w works. ``d_state``, ``d_conv``, ``expand`` are shorthands merged into ``ssm_cfg``.
     ``bimamba_type`` is passed to the mixers ('v2' makes the ViMMs bidirectional; the released model is 'none').
+    Other arguments are ignored, as the official ``**kwargs`` does, with a warning naming them.
 
     As released, ``drop_path_rate`` defaults to 0.1 (linearly increasing over the ViMMs, first one 0) and
     Linear layers get trunc-normal(0.02) weights and zero biases (``dt_proj.bias`` included: the official
@@ -157,6 +160,9 @@ class DVMSR(nn.Module):
         bad = [name for name, on in unsupported.items() if on]
         if bad:
             raise NotImplementedError(f'DVMSR: not supported (unused by the released model): {", ".join(bad)}')
+        if kwargs:
+            warnings.warn(f'DVMSR: ignoring unknown argument(s) {", ".join(kwargs)}, as the official constructor '
+                          'does; check network_g for a misspelt name', stacklevel=2)
         if isinstance(norm_layer, str):
             norm_layer = getattr(nn, norm_layer)
         ssm_cfg = dict(ssm_cfg or {})

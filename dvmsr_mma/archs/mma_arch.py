@@ -5,6 +5,8 @@ Module names and the forward follow ``ArsenalCheng/MMA`` (``basicsr/archs/mma_ar
 ``basicsr/archs/mlpmixer_util.py``, Mamba from Vim's ``mamba_ssm`` fork with ``bimamba_type='v2'``), so its
 checkpoints and option files work unchanged.
 """
+import inspect
+
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
@@ -177,7 +179,17 @@ class MMA(nn.Module):
         return x / self.img_range + self.mean.to(x.dtype)
 
 
+def _lists_mma_arguments(preset):
+    """Give ``preset(upscale=2, **overrides)`` a signature naming the MMA arguments the overrides may be, so the
+    option checks can name an unknown one and list what a preset takes."""
+    mma = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(MMA).parameters.values()]
+    preset.__signature__ = inspect.Signature([inspect.signature(preset).parameters['upscale']] +
+                                             [p for p in mma if p.name != 'upscale'])
+    return preset
+
+
 @ARCH_REGISTRY.register()
+@_lists_mma_arguments
 def MMA_B(upscale=2, **overrides):  # noqa: N802  (registered name used as YAML `type:`)
     """MMA-B (classic SR, the paper's "MMA"): C = 192, K = 24; 19,824,627 / 21,484,467 / 21,152,499 parameters at
     x2 / x3 / x4. Settings of the official option files (img_range 1); any MMA argument can be overridden."""
@@ -187,6 +199,7 @@ def MMA_B(upscale=2, **overrides):  # noqa: N802  (registered name used as YAML 
 
 
 @ARCH_REGISTRY.register()
+@_lists_mma_arguments
 def MMA_T(upscale=2, **overrides):  # noqa: N802
     """MMA-T (lightweight SR): C = 48, K = 12; 795,735 / 899,655 / 878,871 parameters at x2 / x3 / x4.
 
