@@ -7,7 +7,7 @@ import os
 import os.path as osp
 import time
 from dataclasses import dataclass, field
-from typing import List
+from typing import Iterator, List
 
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
@@ -28,6 +28,21 @@ def list_images(folder: str) -> List[str]:
     if not names:
         raise PrepError(f'no images ({", ".join(IMG_EXTENSIONS)}) in {folder}')
     return names
+
+
+def iter_image_files(root: str) -> Iterator[str]:
+    """Image files in ``root`` and its sub-folders (full paths, in walk order); hidden files and folders skipped.
+
+    Not BasicSR's ``scandir(recursive=True)``, which takes a hidden file (``.DS_Store``) for a folder and fails."""
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not name.startswith('.')]
+        yield from (osp.join(folder, name) for name in files
+                    if not name.startswith('.') and name.lower().endswith(IMG_EXTENSIONS))
+
+
+def image_files(root: str) -> List[str]:
+    """:func:`iter_image_files`, sorted."""
+    return sorted(iter_image_files(root))
 
 
 def name_list(names: List[str], limit: int = 10) -> str:

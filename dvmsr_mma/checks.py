@@ -9,7 +9,9 @@ datasets or networks exist) or, for a checkpoint's keys, as BasicSR loads it (th
 checked from their headers (or the shapes in an LMDB's ``meta_info.txt``), so even large datasets are checked in
 seconds.
 """
+import difflib
 import functools
+import inspect
 import os
 import os.path as osp
 import re
@@ -19,15 +21,16 @@ import cv2
 from PIL import Image
 from torch import nn
 
-from datasets_prep.common import IMG_EXTENSIONS
+from datasets_prep.common import IMG_EXTENSIONS, iter_image_files
 from dvmsr_mma.errors import OptionError
-from dvmsr_mma.weights import few_names, load_checkpoint, state_dict_mismatch, without_module_prefix
+from dvmsr_mma.weights import check_finite, few_names, load_checkpoint, state_dict_mismatch, without_module_prefix
 
 _MISSING = object()
 ROOTS = {  # dataset type -> the image roots it reads (HR first); other types get an existence check only
     'PairedImageDataset': ('dataroot_gt', 'dataroot_lq'),
     'SingleImageDataset': ('dataroot_lq',),
     'ImageNetPretrainDataset': ('dataroot_gt',),
+    'ImageNetPairedDataset': ('dataroot_gt',),
 }
 WHOLE_NUMBERS = (  # option (* = every dataset), least value, float allowed (BasicSR's files write !!float 5e3)
     ('scale', 1, False, 'scale: 4'),
@@ -111,17 +114,68 @@ def check_options(opt: Mapping[str, Any]) -> None:
 
 
 def _check_types(opt: Mapping[str, Any]) -> None:
-    """Every ``network_*`` type is registered, and a distillation run names its teacher: BasicSR finds out only
-    when it builds the model, after it has made the run's folder (which a rerun then archives)."""
+    """Every ``network_*`` type is registered and takes the arguments given, the networks upsample by ``scale``,
+    and a distillation run names its teacher: BasicSR finds out only when it builds the model (a ``TypeError``
+    traceback) or at the first validation (a tensor size mismatch), after it has made the run's folder (which a
+    rerun then archives)."""
     from basicsr.utils.registry import ARCH_REGISTRY
 
     for key, network_opt in opt.items():
         if key.startswith('network_') and isinstance(network_opt, Mapping) and 'type' in network_opt:
-            ARCH_REGISTRY.get(network_opt['type'])  # an OptionError naming close names
+            cls = ARCH_REGISTRY.get(network_opt['type'])  # an OptionError naming close names
+            kwargs = {k: v for k, v in network_opt.items() if k != 'type'}
+            problem = network_arguments_problem(network_opt['type'], cls, kwargs)
+            if problem:
+                raise OptionError(f'{key}: {problem}')
+            if key != 'network_d':  # a discriminator does not upsample
+                _check_upscale(key, network_opt['type'], cls, kwargs, opt['scale'])
     if opt['is_train'] and opt.get('model_type') == 'DistillationModel' and 'network_t' in opt and not (
             opt['path'].get('pretrain_network_t') or opt.get('auto_resume') or opt['path'].get('resume_state')):
         from dvmsr_mma.models.distillation_model import NO_TEACHER
         raise OptionError(NO_TEACHER)
+
+
+def _parameters(cls: Callable) -> Tuple[Mapping[str, inspect.Parameter], bool]:
+    """The named constructor parameters of ``cls``, and whether it takes ``**kwargs`` too (or has no signature)."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return {}, True
+    named = {name: p for name, p in params.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def network_arguments_problem(arch: str, cls: Callable, kwargs: Mapping[str, Any]) -> str:
+    """Why ``cls(**kwargs)`` would raise a ``TypeError`` (an unknown or a missing argument), said with the
+    arguments ``arch`` takes; '' when it would not."""
+    params, any_kwargs = _parameters(cls)
+    takes = f'{arch} takes {", ".join(params) or "no arguments"}'
+    for name in kwargs:
+        if name not in params and not any_kwargs:
+            close = difflib.get_close_matches(str(name), list(params), n=1, cutoff=0.8)
+            hint = f' (did you mean {close[0]}?)' if close else ''
+            return f'{arch} got an unexpected argument {name}{hint}; {takes}'
+    missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty and name not in kwargs]
+    if missing:
+        return f'{arch} needs {", ".join(missing)} (not set); {takes}'
+    return ''
+
+
+def _check_upscale(key: str, arch: str, cls: Callable, kwargs: Mapping[str, Any], scale: int) -> None:
+    """The network's ``upscale`` (or ``scale``, as RRDBNet calls it), given or its default, equals ``scale``."""
+    params, _ = _parameters(cls)
+    if 'upsampler' in params and kwargs.get('upsampler', params['upsampler'].default) in ('', None):
+        return  # SwinIR / HAT without an upsampler: restoration at scale 1, upscale unused
+    name = next((n for n in ('upscale', 'scale') if n in params), None)
+    if name is None:
+        return
+    given = name in kwargs
+    factor = kwargs[name] if given else params[name].default
+    if isinstance(factor, int) and factor != scale:
+        where = f'{key}.{name}: {factor}' if given else f'{key}: {arch} upsamples by {factor} ({name} not set)'
+        raise OptionError(f'{where} but scale: {scale}; the network must upsample by scale (HR = scale x LR): set '
+                          f'{key}.{name}: {scale}, or scale: {factor}')
 
 
 def _lookup(opt: Mapping[str, Any], option: str) -> Any:
@@ -159,7 +213,7 @@ def _required(opt: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
         if kind in ROOTS:
             yield f'{where}.io_backend.type', 'io_backend: {type: disk} (or lmdb)'
         if dataset_opt.get('phase') == 'train':
-            if kind in ('PairedImageDataset', 'ImageNetPretrainDataset'):
+            if kind in ('PairedImageDataset', 'ImageNetPretrainDataset', 'ImageNetPairedDataset'):
                 yield f'{where}.gt_size', 'gt_size: 128 (the HR patch size, a multiple of scale)'
             if kind == 'PairedImageDataset':
                 yield f'{where}.use_hflip', 'use_hflip: true'
@@ -261,7 +315,7 @@ def check_dataset(where: str, dataset_opt: Mapping[str, Any], scale: int) -> Non
     kind = dataset_opt.get('type')
     if kind not in ROOTS:
         return
-    recursive = kind == 'ImageNetPretrainDataset'  # it searches ImageNet's train/<wnid>/ folders
+    recursive = kind in ('ImageNetPretrainDataset', 'ImageNetPairedDataset')  # they search train/<wnid>/ folders
     listed = {key: _lmdb_shapes(f'{where}.{key}', dataset_opt[key]) if lmdb
               else _folder_images(f'{where}.{key}', dataset_opt[key], recursive) for key in ROOTS[kind]}
     if kind == 'PairedImageDataset':
@@ -294,16 +348,16 @@ def _lmdb_shapes(option: str, root: str) -> Dict[str, Optional[Tuple[int, int]]]
 
 
 def _folder_images(option: str, root: str, recursive: bool) -> Dict[str, None]:
-    """The files BasicSR's ``scandir`` lists (every visible file: a stray one breaks the pairing as well)."""
+    """The files BasicSR's ``scandir`` lists (every visible file: a stray one breaks the pairing as well); for the
+    ImageNet datasets, which search sub-folders, only whether there is an image at all (they list them)."""
     from basicsr.utils import scandir
 
-    names = scandir(root, recursive=recursive)
-    if recursive:  # ImageNet-sized: only show there is one image; the dataset lists them itself
-        if not any(name.lower().endswith(IMG_EXTENSIONS) for name in names):
+    if recursive:
+        if next(iter_image_files(root), None) is None:
             raise OptionError(f'{option}: no images in {root} (nor its sub-folders); put the images there or '
                               'fix the path')
         return {}
-    files = dict.fromkeys(sorted(names))
+    files = dict.fromkeys(sorted(scandir(root)))
     if not any(name.lower().endswith(IMG_EXTENSIONS) for name in files):
         sub = ' (sub-folders are not searched)' if any(e.is_dir() for e in os.scandir(root)) else ''
         raise OptionError(f'{option}: no images in {root}{sub}; put the images there or fix the path')
@@ -389,7 +443,7 @@ def checked_weights(net: nn.Module, path: str, param_key: Optional[str], strict:
                     is_train: bool) -> Tuple[Dict[str, Any], Optional[str]]:
     """The state dict (``module.`` stripped) and the param key it came from: the checkpoint exists, has
     ``param_key`` (with BasicSR's fallback to ``params``) and, when ``strict``, fits ``net`` key for key and shape;
-    the mismatch names a few keys, where torch would list them all."""
+    the mismatch names a few keys, where torch would list them all; and no weight is NaN or Inf."""
     if not osp.isfile(path):
         raise OptionError(_no_weights(option, path, is_train))
     try:
@@ -415,4 +469,8 @@ def checked_weights(net: nn.Module, path: str, param_key: Optional[str], strict:
         if mismatch:
             raise OptionError(f'{option}: {path} does not fit {type(net).__name__}: {mismatch}; network{suffix} and '
                               'scale must be those the checkpoint was trained with')
+    try:
+        check_finite(state, path)
+    except OptionError as err:
+        raise OptionError(f'{option}: {err}') from err
     return state, param_key

@@ -10,19 +10,118 @@ Tiling and Mamba networks: with a conv net whose receptive-field radius (in LR p
 tiled output equals untiled output up to float rounding. A Mamba scan runs over the whole (padded) tile, so every
 output pixel depends on every input pixel of its tile and tiled output cannot equal untiled output exactly; the
 state decays along the scan, so a generous ``tile_pad`` (32 or more LR pixels) keeps the difference small.
+
+Running out of memory (CPU or CUDA) is :class:`NotEnoughMemory`, one line with the size that failed, the memory
+available and a ``--tile`` to use; it stops the whole run, since every later image would fail the same way.
 """
 import math
 import os
-from typing import Any, Mapping, Optional, Tuple, Union
+import re
+import tempfile
+import traceback
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import yaml
 from torch import nn
 
-from datasets_prep.common import IMG_EXTENSIONS
+from datasets_prep.common import IMG_EXTENSIONS, name_list
+from dvmsr_mma.checks import network_arguments_problem
 from dvmsr_mma.errors import OptionError
 from dvmsr_mma.weights import load_weights
+
+# torch.OutOfMemoryError since torch 2.1 (CPU and CUDA); torch.cuda.OutOfMemoryError (same class there) since 1.13
+_TORCH_OOM = getattr(torch, 'OutOfMemoryError', torch.cuda.OutOfMemoryError)
+_CPU_ALLOC = re.compile(r'tried to allocate (\d+) bytes')  # DefaultCPUAllocator: can't allocate memory: ...
+_CUDA_ALLOC = re.compile(r'Tried to allocate ([\d.]+) ([KMGT]i)?B')  # CUDA out of memory. Tried to allocate 3.58 GiB
+_BINARY = {None: 1, 'Ki': 2 ** 10, 'Mi': 2 ** 20, 'Gi': 2 ** 30, 'Ti': 2 ** 40}
+
+
+class NotEnoughMemory(OptionError):
+    """The network ran out of memory on an image: the message says how much failed, how much is available and
+    which ``--tile`` to use. Its own class so that :func:`infer_paths` stops on it rather than counting the image
+    as failed and going on: after an out-of-memory error every later image of that size fails too."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch's out-of-memory error, whichever form this torch version and device raise it in: the class, or a
+    plain RuntimeError from the CPU allocator (which torch 2.x still raises) or from older torch on CUDA."""
+    if isinstance(err, _TORCH_OOM):
+        return True
+    msg = str(err)
+    return isinstance(err, RuntimeError) and any(
+        text in msg for text in ("can't allocate memory", 'DefaultCPUAllocator', 'out of memory'))
+
+
+def allocation_bytes(msg: str) -> Optional[int]:
+    """The size of the allocation that failed, from torch's CPU or CUDA out-of-memory message (None if absent)."""
+    cpu = _CPU_ALLOC.search(msg)
+    if cpu:
+        return int(cpu.group(1))
+    cuda = _CUDA_ALLOC.search(msg)
+    return int(float(cuda.group(1)) * _BINARY[cuda.group(2)]) if cuda else None
+
+
+def _first_int(path: str, prefix: str = '') -> Optional[int]:
+    """The number after ``prefix`` on the first line of ``path`` starting with it; None if there is none (no such
+    file, or a cgroup's ``max``, meaning no limit)."""
+    try:
+        with open(path, encoding='ascii') as f:
+            return next((int(line[len(prefix):].split()[0]) for line in f if line.startswith(prefix)), None)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def available_bytes(device: torch.device) -> Optional[int]:
+    """Memory free for this process now, None if it cannot be told: the CUDA device's free memory; on the CPU the
+    system's MemAvailable (page cache counts as available; SC_AVPHYS_PAGES, the fallback, counts only unused
+    pages), or less where a container's cgroup (v2, else v1) limits this process to less."""
+    if device.type == 'cuda':
+        try:
+            return torch.cuda.mem_get_info(device)[0]
+        except RuntimeError:
+            return None
+    kib = _first_int('/proc/meminfo', 'MemAvailable:')
+    try:
+        free = kib * 1024 if kib is not None else os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (AttributeError, OSError, ValueError):
+        free = None
+    for limit_file, usage_file in (('memory.max', 'memory.current'), ('memory/memory.limit_in_bytes',
+                                                                      'memory/memory.usage_in_bytes')):
+        limit, usage = _first_int(f'/sys/fs/cgroup/{limit_file}'), _first_int(f'/sys/fs/cgroup/{usage_file}')
+        if limit is not None and usage is not None:
+            free = limit - usage if free is None else min(free, limit - usage)
+            break
+    return free
+
+
+def format_bytes(n: int) -> str:
+    """Decimal units, as free and df print them: ``3.84 GB``, ``512 MB``, ``15 kB``."""
+    return f'{n / 1e9:.2f} GB' if n >= 1e9 else f'{n / 1e6:.0f} MB' if n >= 1e6 else f'{n / 1e3:.0f} kB'
+
+
+def output_too_big(width: int, height: int, channels: int) -> str:
+    """The message for an output image that does not fit in CPU memory, where smaller tiles cannot help."""
+    available = available_bytes(torch.device('cpu'))
+    return (f'out of memory on the CPU for the {width}x{height} output image itself (as float32: '
+            f'{format_bytes(width * height * channels * 4)}'
+            f'{f"; {format_bytes(available)} is available when idle" if available else ""}); '
+            'smaller tiles do not help: free memory, or split the image')
+
+
+def suggest_tile(h: int, w: int, tile: int, tile_pad: int, needed: Optional[int], available: Optional[int]) -> int:
+    """A ``tile`` that should fit: memory scales with the padded tile's area. The failed allocation came on top of
+    what was already in use, so the run needed at least about ``available + needed``; scale the area by half of
+    ``available / (available + needed)`` (the failed allocation may not have been the last), and by at most 1/4
+    (half the side) when either is unknown or the ratio says more. Rounded down to a multiple of 16, at least 32;
+    when already tiled, always smaller than ``tile``."""
+    side = math.sqrt(min(h, tile + 2 * tile_pad) * min(w, tile + 2 * tile_pad)) if tile else math.sqrt(h * w)
+    ratio = 0.25 if not (needed and available) else min(0.25, 0.5 * available / (available + needed))
+    new = max(32, (int(side * math.sqrt(ratio)) - 2 * tile_pad) // 16 * 16)
+    if tile and new >= tile:
+        new = tile // 2 // 16 * 16 or max(tile // 2, 1)
+    return new
 
 
 def build_network(opt: Union[str, Mapping, None] = None, arch: Optional[str] = None,
@@ -58,10 +157,10 @@ def build_network(opt: Union[str, Mapping, None] = None, arch: Optional[str] = N
         cls = ARCH_REGISTRY.get(arch)
     except KeyError as err:
         raise OptionError(str(err.args[0] if err.args else err).replace('\n', ' ')) from err
-    try:
-        net = cls(**net_opt)
-    except TypeError as err:
-        raise OptionError(f'{arch}: {err}') from err
+    problem = network_arguments_problem(arch, cls, net_opt)
+    if problem:
+        raise OptionError(f'{"network_g" if opt is not None else "--arch"}: {problem}')
+    net = cls(**net_opt)
     scale = scale or getattr(net, 'upscale', None) or getattr(net, 'scale', None)
     if not scale:
         raise OptionError(f'{arch}: cannot tell the scale; pass --scale')
@@ -106,16 +205,50 @@ class SRInferencer:
 
     @torch.no_grad()
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        """(1, 3, h, w) float in [0, 1] on any device -> (1, 3, h*s, w*s) float32 on the CPU, tiled if set."""
-        x = x.to(self.device, self.dtype)
-        if not self.tile or (x.shape[2] <= self.tile and x.shape[3] <= self.tile):
-            return self.net(x).float().cpu()
-        return self._run_tiled(x)
+        """(1, 3, h, w) float in [0, 1] on any device -> (1, 3, h*s, w*s) float32 on the CPU, tiled if set.
+
+        Out of memory raises :class:`NotEnoughMemory` (see :meth:`_not_enough_memory`)."""
+        try:
+            x = x.to(self.device, self.dtype)
+            if not self.tile or (x.shape[2] <= self.tile and x.shape[3] <= self.tile):
+                return self.net(x).float().cpu()
+            return self._run_tiled(x)
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            raise self._not_enough_memory(err, x.shape[2], x.shape[3]) from err
+
+    def _not_enough_memory(self, err: RuntimeError, h: int, w: int) -> NotEnoughMemory:
+        """The one-line error for an out-of-memory ``err`` on an ``h`` x ``w`` image. The frames of ``err``'s
+        traceback are cleared first and the CUDA cache emptied, so that the network's activations they hold are
+        freed: the memory measured as available is then what a retry gets, and so is the caller's process. With a
+        CUDA network the CPU can still be what ran out (the output image is assembled there)."""
+        traceback.clear_frames(err.__traceback__)
+        if self.device.type == 'cuda':
+            torch.cuda.empty_cache()
+        msg = str(err)
+        device = torch.device('cpu') if "can't allocate memory" in msg else self.device
+        needed, available = allocation_bytes(msg), available_bytes(device)
+        where = 'the CPU' if device.type == 'cpu' else str(device)
+        amounts = [f'it needed {format_bytes(needed)} more' if needed else '',
+                   f'{format_bytes(available)} is available when idle' if available else '']
+        amounts_text = f' ({"; ".join(a for a in amounts if a)})' if any(amounts) else ''
+        tiled = bool(self.tile) and (h > self.tile or w > self.tile)
+        tile = suggest_tile(h, w, self.tile if tiled else 0, self.tile_pad, needed, available)
+        fix = (f'pass a smaller tile, e.g. --tile {tile}' if tiled
+               else f'pass --tile {tile} (or smaller) to upscale it tile by tile')
+        return NotEnoughMemory(f'out of memory on {where} upscaling a {w}x{h} image'
+                               f'{f" with --tile {self.tile}" if tiled else ""}{amounts_text}; {fix}')
 
     def _run_tiled(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         s, t, p = self.scale, self.tile, self.tile_pad
-        out = torch.zeros(b, c, h * s, w * s)
+        try:
+            out = torch.zeros(b, c, h * s, w * s)
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            raise NotEnoughMemory(output_too_big(w * s, h * s, b * c)) from err
         for i in range(math.ceil(h / t)):
             for j in range(math.ceil(w / t)):
                 y0, x0 = i * t, j * t
@@ -175,34 +308,69 @@ def output_path(in_path: str, out_dir: str, scale: int) -> str:
     return os.path.join(out_dir, f'{os.path.splitext(os.path.basename(in_path))[0]}_x{scale}.png')
 
 
-def list_inputs(path: str):
+def list_inputs(path: str) -> List[str]:
     """Files to process: the file itself, or every file directly in the folder (non-images included, so they
-    are reported rather than silently skipped; hidden files are skipped)."""
+    are reported rather than silently skipped; hidden files are skipped). A folder without a single image is an
+    error: a run that writes nothing and exits 0 looks like success."""
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
         raise FileNotFoundError(f'-i: no such file or folder: {path}')
-    return [os.path.join(path, n) for n in sorted(os.listdir(path))
-            if not n.startswith('.') and os.path.isfile(os.path.join(path, n))]
+    files = [n for n in sorted(os.listdir(path)) if not n.startswith('.') and os.path.isfile(os.path.join(path, n))]
+    if not any(n.lower().endswith(IMG_EXTENSIONS) for n in files):
+        held = f'it holds only other files ({name_list(files, 3)})' if files else 'it holds no files'
+        raise OptionError(f'-i: no images in {path}: {held}; looked for *{" *".join(IMG_EXTENSIONS)} '
+                          '(sub-folders are not searched); point -i at a folder of images or at one image')
+    return [os.path.join(path, n) for n in files]
 
 
-def infer_paths(inferencer: SRInferencer, inputs, out_dir: str, progress: bool = True):
-    """Upscale every input file into ``out_dir``; returns (written paths, {input path: error message})."""
+def prepare_output_dir(path: str) -> None:
+    """Create the output folder and prove it is writable (a temporary file made and removed in it), so that a
+    wrong ``-o`` is one line before any image is processed, not a traceback or one failure per image."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OptionError(f'-o: {path} is a file, not a folder; name a folder (it is created if missing)')
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise OptionError(f'-o: cannot create the folder {path} ({err.strerror or err}); '
+                          'name a folder you can write to') from err
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix='.write-test-'):
+            pass
+    except OSError as err:
+        raise OptionError(f'-o: cannot write files in the folder {path} ({err.strerror or err}); '
+                          'name a folder you can write to') from err
+
+
+def infer_paths(inferencer: SRInferencer, inputs: List[str], out_dir: str,
+                progress: bool = True) -> Tuple[List[str], Dict[str, str]]:
+    """Upscale every input file into ``out_dir``; returns (written paths, {input path: error message}).
+
+    A bad file is reported and the rest processed; running out of memory stops the run (:class:`NotEnoughMemory`
+    naming the image), as every later image would fail too."""
     import cv2
     from tqdm import tqdm
-    os.makedirs(out_dir, exist_ok=True)
+    prepare_output_dir(out_dir)
     written, failed = [], {}
     for path in tqdm(inputs, desc='infer', unit='img', disable=not progress):
         try:
             if not path.lower().endswith(IMG_EXTENSIONS):
                 raise OptionError(f'{path}: not an image file (extensions: {" ".join(IMG_EXTENSIONS)})')
-            out = inferencer.enhance(read_image(path))
+            img = read_image(path)
+            try:
+                out = inferencer.enhance(img)
+            except MemoryError as err:  # numpy, making the 8/16-bit output image from the network's
+                s = inferencer.scale
+                channels = img.shape[2] if img.ndim == 3 else 1
+                raise NotEnoughMemory(output_too_big(img.shape[1] * s, img.shape[0] * s, channels)) from err
             dst = output_path(path, out_dir, inferencer.scale)
             ok, buf = cv2.imencode('.png', out)
             if not ok:
                 raise OptionError(f'{path}: could not encode the output PNG')
             buf.tofile(dst)
             written.append(dst)
+        except NotEnoughMemory as err:
+            raise NotEnoughMemory(f'{path}: {err}') from err
         except (OptionError, OSError) as err:
             failed[path] = str(err)
     return written, failed

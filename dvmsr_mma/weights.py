@@ -1,6 +1,6 @@
 """Reading network weights: BasicSR checkpoints (``params_ema`` / ``params``) or ``.safetensors``, always with
-``weights_only=True``, and a strict fit that names a few mismatched keys in one line where torch lists them all.
-Shared by ``basicsr infer`` / ``bench`` and the checks BasicSR's own weight loading goes through."""
+``weights_only=True``, a strict fit that names a few mismatched keys in one line where torch lists them all, and
+no NaN/Inf values. Shared by ``basicsr infer`` / ``bench`` and the checks BasicSR's own weight loading goes through."""
 import os
 import zipfile
 from collections import OrderedDict
@@ -79,11 +79,29 @@ def state_dict_mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, tor
     return '; '.join(parts)
 
 
+def check_finite(state: Mapping[str, Any], path: str) -> None:
+    """One :class:`OptionError` line naming the first float tensor of ``state`` holding NaN or Inf: such weights
+    load without complaint and turn every output into NaN (written as an all-black image), or a training run into
+    NaN losses. Integer buffers (counters, indices) cannot be non-finite and are skipped; one ``isfinite`` pass per
+    tensor keeps it cheap next to reading the file."""
+    bad = [key for key, value in state.items() if isinstance(value, torch.Tensor) and value.is_floating_point()
+           and not bool(torch.isfinite(value).all())]
+    if bad:
+        value = state[bad[0]]
+        counts = ((int(torch.isnan(value).sum()), 'NaN'), (int(torch.isinf(value).sum()), 'Inf'))
+        which = ' and '.join(f'{n} {kind}' for n, kind in counts if n)
+        more = f' (and {len(bad) - 1} more tensor{"s" if len(bad) > 2 else ""})' if len(bad) > 1 else ''
+        raise OptionError(f'{path}: tensor {bad[0]!r} has {which} of its {value.numel()} values{more}; '
+                          'the checkpoint is broken (e.g. saved after training diverged): use an earlier one')
+
+
 def load_weights(net: nn.Module, path: str) -> nn.Module:
-    """Strict load; a mismatch raises one :class:`OptionError` line naming a few keys of each kind + counts."""
+    """Strict load; a mismatch raises one :class:`OptionError` line naming a few keys of each kind + counts, and
+    NaN/Inf weights one line naming the tensor (:func:`check_finite`)."""
     state = read_state_dict(path)
     mismatch = state_dict_mismatch(net.state_dict(), state)
     if mismatch:
         raise OptionError(f'{path} does not fit {type(net).__name__}: {mismatch}')
+    check_finite(state, path)
     net.load_state_dict(state, strict=True)
     return net

@@ -193,6 +193,22 @@ def distillation_without_teacher(opt, root):
     opt['train']['distill_opt'] = {'position': 'output', 'type': 'L1Loss', 'loss_weight': 1.0}
 
 
+def distillation_with_teacher(opt, root):
+    """A DistillationModel run whose teacher is a small SRVGGNetCompact, with its pretrained weights."""
+    distillation_without_teacher(opt, root)
+    opt['network_t'] = dict(OTHER_ARCH)
+    opt['path']['pretrain_network_t'] = weights(OTHER_ARCH)(root)
+
+
+def nan_weights(root):
+    """Weights that fit NETWORK but with NaN (and an Inf) in ``conv_first.weight``, as a diverged run saves."""
+    state = build_network(dict(NETWORK)).state_dict()
+    state['conv_first.weight'].view(-1)[:2] = float('nan')
+    state['conv_first.weight'].view(-1)[2] = float('inf')
+    torch.save({'params': state}, root / 'nan.pth')
+    return str(root / 'nan.pth')
+
+
 OTHER_ARCH = {'type': 'SRVGGNetCompact', 'num_feat': 8, 'num_conv': 2, 'upscale': SCALE}
 TRAIN, TEST = 'train', 'test'
 
@@ -208,6 +224,23 @@ CASES = [
     case('unknown_network_type', TRAIN, put('network_g.type', 'DVMSRR'), ["type: 'DVMSRR' is not registered", 'DVMSR']),
     case('unknown_network_type_test', TEST, put('network_g.type', 'DVMSRR'), ["'DVMSRR' is not registered"]),
     case('unknown_model_type', TRAIN, put('model_type', 'SRModell'), ['did you mean SRModel']),
+    # network arguments and scale (official test_MMA_x3.yml passes res_scale, which MMA does not take)
+    case('network_unknown_argument', TEST, put('network_g', {'type': 'MMA', 'num_feat': 8, 'num_block': 1,
+                                                             'upscale': SCALE, 'res_scale': 0.1}),
+         ['network_g: MMA got an unexpected argument res_scale; MMA takes num_in_ch, num_out_ch, num_feat, ']),
+    case('network_misspelt_argument', TRAIN, put('network_g', dict(OTHER_ARCH, num_convv=2)),
+         ['network_g: SRVGGNetCompact got an unexpected argument num_convv (did you mean num_conv?)']),
+    case('network_missing_argument', TRAIN, put('network_g', {'type': 'EDSR', 'num_in_ch': 3, 'upscale': SCALE}),
+         ['network_g: EDSR needs num_out_ch (not set); EDSR takes num_in_ch, num_out_ch, ']),
+    case('teacher_unknown_argument', TRAIN, both(distillation_with_teacher, put('network_t.upscal', SCALE)),
+         ['network_t: SRVGGNetCompact got an unexpected argument upscal (did you mean upscale?)']),
+    case('upscale_not_scale', TRAIN, put('network_g.upscale', 4),
+         ['network_g.upscale: 4 but scale: 2; the network must upsample by scale', 'set network_g.upscale: 2']),
+    case('upscale_default_not_scale', TEST, drop('network_g.upscale'),
+         ['network_g: DVMSR upsamples by 4 (upscale not set) but scale: 2']),
+    case('rrdbnet_scale_not_scale', TRAIN, put('network_g', {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3,
+                                                             'scale': 4, 'num_feat': 8, 'num_block': 1}),
+         ['network_g.scale: 4 but scale: 2']),
     # 2. missing options
     case('no_scale', TRAIN, drop('scale'), ['scale: not set; add it, e.g. scale: 4']),
     case('no_network_g', TRAIN, drop('network_g'), ['network_g.type: not set', 'network_g: {type: DVMSR']),
@@ -334,6 +367,12 @@ CASES = [
     case('test_set_empty', TEST,
          both(put('datasets.test_1.dataroot_lq', empty_folder), put('datasets.test_1.type', 'SingleImageDataset')),
          ['datasets.test_1.dataroot_lq: no images in ']),
+    # weights that load but hold NaN/Inf (the output would be all black)
+    case('pretrain_nan', TRAIN, put('path.pretrain_network_g', nan_weights),
+         ['path.pretrain_network_g: ', "nan.pth: tensor 'conv_first.weight' has 2 NaN and 1 Inf of its ",
+          'use an earlier one'], early=False),
+    case('pretrain_nan_test', TEST, put('path.pretrain_network_g', nan_weights),
+         ['path.pretrain_network_g: ', "nan.pth: tensor 'conv_first.weight' has 2 NaN and 1 Inf"], early=False),
 ]
 
 
@@ -372,3 +411,20 @@ def test_valid_options_pass(tmp_path, write_pairs):
     for phase, dataset_opt in opt['datasets'].items():
         dataset_opt.update(phase=phase, scale=SCALE)
     check_options(opt)
+
+
+@pytest.mark.parametrize('kind', ['ImageNetPretrainDataset', 'ImageNetPairedDataset'])
+def test_hidden_files_in_imagenet_folders_are_skipped(kind, tmp_path, write_pairs):
+    """BasicSR's recursive ``scandir`` takes a hidden file for a folder (NotADirectoryError): a macOS
+    ``.DS_Store`` next to ImageNet's class folders must neither break the checks nor the dataset."""
+    from basicsr.utils.registry import DATASET_REGISTRY
+    from dvmsr_mma.checks import check_dataset
+
+    root = tmp_path / 'imagenet'
+    write_pairs(root / 'n01', 2, 64, seed=0)  # n01/HR/*.png and n01/LR/*.png: four images in sub-folders
+    (root / '.DS_Store').write_bytes(b'\0')
+    opt = {'name': 'imagenet', 'type': kind, 'dataroot_gt': str(root), 'io_backend': {'type': 'disk'},
+           'phase': 'train', 'gt_size': 32, 'scale': SCALE, 'use_hflip': False, 'use_rot': False}
+    check_dataset('datasets.train', opt, SCALE)
+    dataset = DATASET_REGISTRY.get(kind)(opt)
+    assert len(dataset) == 4 and dataset[0]['gt'].shape == (3, 32, 32)

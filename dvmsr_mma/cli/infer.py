@@ -33,7 +33,7 @@ def main(argv: List[str]) -> int:
     args = parser.parse_args(argv)
 
     from dvmsr_mma.errors import OptionError
-    from dvmsr_mma.infer import SRInferencer, infer_paths, list_inputs
+    from dvmsr_mma.infer import SRInferencer, infer_paths, list_inputs, prepare_output_dir
     if args.arch and not args.weights:
         raise OptionError('--arch needs --weights FILE')
     if args.opt and not args.weights and os.path.isfile(args.opt):
@@ -42,6 +42,7 @@ def main(argv: List[str]) -> int:
         if not isinstance(opt, dict) or not (opt.get('path') or {}).get('pretrain_network_g'):
             raise OptionError(f'-opt: {args.opt} sets no path.pretrain_network_g; pass --weights FILE')
     inputs = list_inputs(args.input)
+    prepare_output_dir(args.output)  # here, before the weights load and any image runs
     inferencer = SRInferencer(args.opt or args.arch, scale=args.scale, weights=args.weights, tile=args.tile,
                               tile_pad=args.tile_pad, device=args.device,
                               half='fp16' if args.fp16 else 'bf16' if args.bf16 else False, alpha=args.alpha)

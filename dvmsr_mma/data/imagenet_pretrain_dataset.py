@@ -6,8 +6,12 @@
 
 - train: random ``gt_size`` crop of the HR image first (cheap: only the crop is resized), then flip /
   rotation, then ``lq = imresize(gt, 1 / scale)``. Images smaller than ``gt_size`` are first enlarged to
-  it with bicubic interpolation, as the official ``ImageNetPairedDataset`` does (it uses cv2.resize).
+  it with bicubic interpolation (the official ``ImageNetPairedDataset`` enlarges them too, bilinearly).
 - val / test: the whole image, cropped to a multiple of ``scale``.
+
+The official MMA ``ImageNetPairedDataset`` (also registered here, for its option files) makes the LR from the whole
+image and crops afterwards: for images of at least ``gt_size`` and ``quantize_lq: false``, the same pairs away from
+the crop borders, but much slower; this one is the faster choice.
 
 ``quantize_lq`` (default true) rounds the LR image to 8 bits, as the PNG benchmark LR images are, so the
 network sees at pre-training what it sees at fine-tuning and test time (MATLAB's ``imresize`` on uint8 does
@@ -27,12 +31,11 @@ from torchvision.transforms.functional import normalize
 
 from basicsr.data.data_util import paths_from_lmdb
 from basicsr.data.transforms import augment
-from basicsr.utils import FileClient, imfrombytes, img2tensor, scandir
+from basicsr.utils import FileClient, imfrombytes, img2tensor
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
+from datasets_prep.common import image_files
 from dvmsr_mma.errors import OptionError
-
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.PNG', '.JPG', '.JPEG')
 
 
 @DATASET_REGISTRY.register()
@@ -60,8 +63,7 @@ class ImageNetPretrainDataset(data.Dataset):
         else:
             if not osp.isdir(self.gt_folder):
                 raise OptionError(f'dataroot_gt: no such folder: {self.gt_folder}')
-            self.paths = sorted(
-                osp.join(self.gt_folder, p) for p in scandir(self.gt_folder, suffix=IMAGE_SUFFIXES, recursive=True))
+            self.paths = image_files(self.gt_folder)
         if not self.paths:
             raise OptionError(f'dataroot_gt: no images in {self.gt_folder}')
 
