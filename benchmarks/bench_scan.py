@@ -1,42 +1,87 @@
-"""Selective scan timings: PyTorch path vs a plain step-by-step loop (vs the CUDA kernel when present).
+"""Selective scan benchmark: this package's paths against the landed implementation, in one run.
 
     python benchmarks/bench_scan.py [--quick] [--device cpu|cuda]
 
-The step loop is slow (one Python step per token, autograd through all of them for fwd+bwd), so it runs once
-per size, and its fwd+bwd is skipped at l=65536 (printed as 'skipped'). Peak memory is the growth of the
-resident set over one no-grad forward in a fresh subprocess: the peak (VmHWM) is reset through
-/proc/self/clear_refs just before the call, so import-time peaks do not hide it (tracemalloc does not see
-torch's allocations). Linux only.
+Reference ("landed"): ``selective_scan_torch`` of commit a331bce, read from this repository's git history, as it
+was before the numba scan. Also measured: the current PyTorch path (the fallback without numba), the numba CPU
+scan (``dvmsr_mma.ops.scan_cpu``), mambapy's parallel scan where ``mambapy`` is installed (the published
+pure-PyTorch peer), a plain step loop on the small grid, and the CUDA kernel on ``--device cuda``. Every case
+calls the scan as DVMSR does (D, the z gate, delta_bias, softplus). Times are the best of a few runs; peak memory
+is the growth of the resident set over one no-grad forward in a fresh process (VmHWM reset through
+/proc/self/clear_refs, Linux); "under load" runs with two busy-loop processes beside it.
 """
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 import time
+import types
 
 import torch
+import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from dvmsr_mma.archs.dvmsr_arch import DVMSR  # noqa: E402
 from dvmsr_mma.ops import force_torch_ops, selective_scan  # noqa: E402
 from dvmsr_mma.ops.dispatch import probe_kernel  # noqa: E402
 
+LANDED = 'a331bce'
 scan_mod = sys.modules['dvmsr_mma.ops.selective_scan']
 
 
+def landed_scan():
+    """``selective_scan_torch`` as of LANDED, or None without the git history."""
+    try:
+        src = subprocess.run(['git', '-C', ROOT, 'show', f'{LANDED}:dvmsr_mma/ops/selective_scan.py'],
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    module = types.ModuleType('landed_selective_scan')
+    exec(compile(src.replace('from .dispatch import use_kernel', 'use_kernel = None'), f'{LANDED}:selective_scan.py',
+                 'exec'), module.__dict__)
+    return module.selective_scan_torch
+
+
+def mambapy_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """mambapy's ``selective_scan`` (its ``pscan`` over (b, l, d, n) tensors), with the gate and softplus."""
+    from mambapy.pscan import pscan
+    dt = delta + delta_bias[:, None] if delta_bias is not None else delta
+    dt = F.softplus(dt) if delta_softplus else dt
+    dt, x = dt.transpose(1, 2), u.transpose(1, 2)  # (b, l, d)
+    hs = pscan(torch.exp(dt.unsqueeze(-1) * A), (dt * x).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(2))
+    y = (hs @ C.transpose(1, 2).unsqueeze(-1)).squeeze(3) + D * x  # (b, l, d)
+    return (y * F.silu(z.transpose(1, 2))).transpose(1, 2)
+
+
+def implementations(device):
+    """name -> scan function, for what this machine has."""
+    impls = {}
+    landed = landed_scan()
+    if landed is not None:
+        impls['landed'] = landed
+    impls['torch'] = scan_mod.selective_scan_torch
+    if device == 'cpu' and probe_kernel('dvmsr_mma.ops.scan_cpu') is not None:
+        from dvmsr_mma.ops.scan_cpu import selective_scan_cpu
+        impls['numba'] = selective_scan_cpu
+    if device == 'cuda' and probe_kernel('selective_scan_cuda') is not None:
+        impls['kernel'] = selective_scan
+    if probe_kernel('mambapy') is not None:
+        impls['mambapy'] = mambapy_scan
+    return impls
+
+
 def make(b, d, l, n, device, grad):
+    """Inputs as DVMSR's mixer passes them: x, dt before bias and softplus, A < 0, B, C, D, z, dt bias."""
     g = torch.Generator().manual_seed(0)
-    u = torch.randn(b, d, l, generator=g)
-    delta = torch.randn(b, d, l, generator=g) * 0.5
-    A = -torch.rand(d, n, generator=g) - 0.1
-    B = torch.randn(b, n, l, generator=g)
-    C = torch.randn(b, n, l, generator=g)
-    D = torch.randn(d, generator=g)
-    z = torch.randn(b, d, l, generator=g)
-    xs = [x.to(device).requires_grad_(grad) for x in (u, delta, A, B, C, D, z)]
-    return xs
+    xs = [torch.randn(b, d, l, generator=g), torch.randn(b, d, l, generator=g) * 0.5,
+          -torch.rand(d, n, generator=g) - 0.1, torch.randn(b, n, l, generator=g), torch.randn(b, n, l, generator=g),
+          torch.randn(d, generator=g), torch.randn(b, d, l, generator=g), torch.randn(d, generator=g) * 0.5 - 2]
+    return [x.to(device).requires_grad_(grad) for x in xs]
 
 
-def timeit(fn, repeats, device):
+def best_time(fn, repeats, device='cpu'):
     best = float('inf')
     for _ in range(repeats):
         if device == 'cuda':
@@ -49,91 +94,124 @@ def timeit(fn, repeats, device):
     return best
 
 
-def run_case(name, impl, b, d, l, n, device, backward, repeats):
+def time_scan(impl, b, d, l, n, device, backward, repeats):
     xs = make(b, d, l, n, device, backward)
 
     def call():
         if backward:
-            impl(*xs, None, True).sum().backward()
+            impl(*xs, delta_softplus=True).sum().backward()
         else:
             with torch.no_grad():
-                impl(*xs, None, True)
-    return timeit(call, repeats, device)
+                impl(*xs, delta_softplus=True)
+    call()  # warm-up: compilation, page faults
+    return best_time(call, repeats, device)
+
+
+def report(title, times, reference='landed'):
+    ref = times.get(reference)
+    cells = [f'{name} {t:7.3f}s' + (f' ({ref / t:4.1f}x)' if ref and name != reference else '')
+             for name, t in times.items()]
+    print(f'{title}: ' + '  '.join(cells), flush=True)
 
 
 PEAK_RSS_CHILD = """
-import sys, torch
-sys.path.insert(0, {root!r})
-from dvmsr_mma.ops.selective_scan import selective_scan_torch
+import sys
+sys.path.insert(0, {here!r})
+import torch, bench_scan
+impl = bench_scan.implementations('cpu')[{name!r}]
 
 def status_kb(field):
     with open('/proc/self/status') as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ':'))
 
-b, d, l, n = {b}, {d}, {l}, {n}
-u, dl, B, C = torch.randn(b, d, l), torch.rand(b, d, l), torch.randn(b, n, l), torch.randn(b, n, l)
-A = -torch.rand(d, n)
+xs = bench_scan.make({b}, {d}, {l}, {n}, 'cpu', False)
 torch.set_grad_enabled(False)
-selective_scan_torch(u[..., :64], dl[..., :64], A, B[..., :64], C[..., :64], None, None, None, True)  # warm-up
+impl(*[x[..., :64] if x.dim() == 3 else x for x in xs], delta_softplus=True)  # warm-up (and compilation)
 before = status_kb('VmRSS')
 with open('/proc/self/clear_refs', 'w') as f:
     f.write('5')  # reset the peak (VmHWM) to the current RSS, so import-time peaks do not hide the forward's
-y = selective_scan_torch(u, dl, A, B, C, None, None, None, True)
+y = impl(*xs, delta_softplus=True)
 print((status_kb('VmHWM') - before) / 1024)
 """
 
 
-def peak_rss_child(b, d, l, n):
-    """Peak extra resident memory (MB) of one no-grad forward in a fresh process (Linux /proc), output included."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = PEAK_RSS_CHILD.format(root=root, b=b, d=d, l=l, n=n)
+def peak_rss_child(name, b, d, l, n):
+    """Peak extra resident memory (MB) of one no-grad forward in a fresh process, output included."""
+    code = PEAK_RSS_CHILD.format(here=os.path.dirname(os.path.abspath(__file__)), name=name, b=b, d=d, l=l, n=n)
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
+@contextlib.contextmanager
+def busy_processes(count=2):
+    """``count`` CPU-bound processes for the duration (a shared server, DataLoader workers, a parallel test run)."""
+    procs = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(count)]
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def dvmsr_forward_time(impl, size, repeats):
+    """DVMSR x4 (released size) forward on a size x size LR image with the scan ``impl``."""
+    torch.manual_seed(0)
+    net = DVMSR().eval()
+    x = torch.rand(1, 3, size, size)
+    saved = scan_mod.selective_scan_torch
+    scan_mod.selective_scan_torch = impl  # the PyTorch path, forced below, calls it
+    try:
+        with torch.no_grad(), force_torch_ops():
+            net(x[..., :16, :16])
+            return best_time(lambda: net(x), repeats)
+    finally:
+        scan_mod.selective_scan_torch = saved
+
+
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument('--quick', action='store_true', help='targets only, l=4096 grid, no l=65536 loop')
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--quick', action='store_true', help='targets only; no grid, no landed run under load')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = parser.parse_args()
     device = args.device
-    kernel = device == 'cuda' and probe_kernel('selective_scan_cuda') is not None
-    print(f'device={device} threads={torch.get_num_threads()} kernel={"yes" if kernel else "no"}')
-
-    def torch_path(*a):
-        with force_torch_ops():
-            return selective_scan(*a)
-
-    loop = scan_mod.selective_scan_step_loop
+    impls = implementations(device)
+    print(f'device={device} threads={torch.get_num_threads()} paths={", ".join(impls)}'
+          + ('' if 'landed' in impls else f' (no git history: landed {LANDED} not measured)'))
     n = 16
-    print('\n== targets ==')
-    t_fwd = run_case('torch', torch_path, 1, 120, 16384, n, device, False, 5)
-    l_fwd = run_case('loop', loop, 1, 120, 16384, n, device, False, 1)
-    print(f'fwd     b=1 d=120 l=16384: torch {t_fwd:8.3f}s  loop {l_fwd:8.3f}s  loop/torch {l_fwd / t_fwd:6.2f}x')
-    t_fb = run_case('torch', torch_path, 4, 120, 4096, n, device, True, 5)
-    l_fb = run_case('loop', loop, 4, 120, 4096, n, device, True, 1)
-    print(f'fwd+bwd b=4 d=120 l=4096 : torch {t_fb:8.3f}s  loop {l_fb:8.3f}s  loop/torch {l_fb / t_fb:6.2f}x')
-    if device == 'cpu':
-        mb = peak_rss_child(1, 120, 65536, n)
-        print(f'peak extra RSS, no-grad fwd b=1 d=120 l=65536 n=16: {mb:.1f} MB (inputs allocated before)')
+    fast = {name: impls[name] for name in ('landed', 'torch', 'numba', 'kernel') if name in impls}
 
-    print('\n== grid (b=1, n=16) ==')
-    lengths = [4096] if args.quick else [4096, 65536]
-    for d in (120, 384):
-        for l in lengths:
+    print('\n== scan, called as DVMSR calls it (D, z, delta_bias, softplus), n=16 ==')
+    long = dict(fast, **({'mambapy': impls['mambapy']} if 'mambapy' in impls and device == 'cpu' else {}))
+    report('fwd     b=1 d=120 l=65536', {k: time_scan(f, 1, 120, 65536, n, device, False, 3) for k, f in long.items()})
+    both = dict(fast, **({'mambapy': impls['mambapy']} if 'mambapy' in impls else {}))
+    report('fwd+bwd b=4 d=120 l=4096 ', {k: time_scan(f, 4, 120, 4096, n, device, True, 5) for k, f in both.items()})
+    if device == 'cpu':
+        mem = {k: peak_rss_child(k, 1, 120, 65536, n) for k in long}
+        print('peak extra RSS, no-grad fwd b=1 d=120 l=65536 (output included): '
+              + '  '.join(f'{k} {mb:.0f} MB' for k, mb in mem.items()), flush=True)
+
+    if not args.quick:
+        print('\n== grid (b=1, n=16) ==')
+        grid = dict(fast, loop=scan_mod.selective_scan_step_loop)
+        for d in (120, 384):
             for backward in (False, True):
-                what = 'fwd+bwd' if backward else 'fwd    '
-                t = run_case('torch', torch_path, 1, d, l, n, device, backward, 1 if l > 4096 else 3)
-                line = f'{what} d={d:3d} l={l:5d}: torch {t:8.3f}s'
-                if backward and l > 4096:
-                    line += '  loop  skipped (one Python step per token under autograd: too slow)'
-                else:
-                    lt = run_case('loop', loop, 1, d, l, n, device, backward, 1)
-                    line += f'  loop {lt:8.3f}s  loop/torch {lt / t:6.2f}x'
-                if kernel:
-                    kt = run_case('kernel', selective_scan, 1, d, l, n, device, backward, 3)
-                    line += f'  kernel {kt:8.4f}s  torch/kernel {t / kt:6.1f}x'
-                print(line, flush=True)
+                times = {k: time_scan(f, 1, d, 4096, n, device, backward, 1 if k == 'loop' else 3)
+                         for k, f in grid.items()}
+                report(f'{"fwd+bwd" if backward else "fwd    "} d={d:3d} l=4096', times)
+
+    if device == 'cpu':
+        print('\n== DVMSR x4 (60 channels, 4 RSSB) forward, no grad ==')
+        nets = {k: impls[k] for k in ('landed', 'torch', 'numba') if k in impls}
+        report('LR 256x256 quiet     ', {k: dvmsr_forward_time(f, 256, 3) for k, f in nets.items()})
+        quiet = {k: dvmsr_forward_time(f, 128, 3) for k, f in nets.items()}
+        report('LR 128x128 quiet     ', quiet)
+        with busy_processes(2):
+            loaded = {k: dvmsr_forward_time(f, 128, 1 if k != 'numba' else 3) for k, f in nets.items()
+                      if not (args.quick and k != 'numba')}
+        report('LR 128x128 under load', loaded)
+        print('under load / quiet: ' + '  '.join(f'{k} {loaded[k] / quiet[k]:.1f}x' for k in loaded))
 
 
 if __name__ == '__main__':

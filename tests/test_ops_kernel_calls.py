@@ -49,7 +49,7 @@ def kernels(monkeypatch):
                          ('mamba_ssm.ops.selective_scan_interface', interface)):
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(conv_mod, 'use_kernel', lambda *args: True)
-    monkeypatch.setattr(scan_mod, 'use_kernel', lambda *args: True)
+    monkeypatch.setattr(scan_mod, 'select', lambda *args: 'kernel')
     return calls
 
 

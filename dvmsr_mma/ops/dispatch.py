@@ -1,16 +1,23 @@
-"""Choice between the optional CUDA kernels and the PyTorch path, made per call.
+"""Choice between the optional CUDA kernels, the optional numba CPU scan and the PyTorch path, made per call.
 
 The kernels are optional: ``mamba_ssm`` can import without its compiled ``selective_scan_cuda``
 extension, so the probe imports the compiled modules themselves, once, and caches the answer.
+``DVMSR_MMA_OPS=kernel|numba|torch`` forces a path (``auto``, the default, picks the fastest available);
+forcing one that cannot run is one :class:`~dvmsr_mma.errors.OptionError` line.
 """
 import contextlib
 import importlib
 import logging
 import os
 
+from dvmsr_mma.errors import OptionError
+
 logger = logging.getLogger(__name__)
 
 ENV_FORCE_TORCH = 'DVMSR_MMA_FORCE_TORCH_OPS'
+ENV_OPS = 'DVMSR_MMA_OPS'
+PATHS = ('kernel', 'numba', 'torch')
+CPU_COMPILED = {'selective_scan': 'dvmsr_mma.ops.scan_cpu'}  # op -> its numba module (imports numba)
 
 _force_torch = False
 _probe_cache = {}
@@ -60,22 +67,45 @@ def probe_kernel(module_name):
     return _probe_cache[module_name]
 
 
-def use_kernel(op_name, module_name, *tensors):
-    """Whether ``op_name`` should run the CUDA kernel from ``module_name`` for these tensors; logs once."""
+def requested_path() -> str:
+    """'auto' or the path ``DVMSR_MMA_OPS`` (or the torch switch / ``DVMSR_MMA_FORCE_TORCH_OPS``) asks for."""
     if torch_ops_forced():
-        path = 'PyTorch (forced)'
-        use = False
-    elif not all(t is None or t.is_cuda for t in tensors):
-        path = 'PyTorch (tensors not on CUDA)'
-        use = False
-    elif probe_kernel(module_name) is None:
-        path = f'PyTorch ({module_name} not importable)'
-        use = False
+        return 'torch'
+    value = os.environ.get(ENV_OPS, '').strip().lower() or 'auto'
+    if value != 'auto' and value not in PATHS:
+        raise OptionError(f'{ENV_OPS}={value}: not a path; use auto, {", ".join(PATHS)}')
+    return value
+
+
+def select(op_name, module_name, *tensors):
+    """The path ``op_name`` takes for these tensors: 'kernel' (CUDA, from ``module_name``), 'numba' (CPU, for
+    the ops in :data:`CPU_COMPILED`) or 'torch'; logs the choice once per op and path."""
+    requested = requested_path()
+    on_cuda = all(t is None or t.is_cuda for t in tensors)
+    on_cpu = not on_cuda and all(t is None or t.device.type == 'cpu' for t in tensors)
+    cpu_module = CPU_COMPILED.get(op_name)
+    if requested == 'kernel' and not (on_cuda and probe_kernel(module_name) is not None):
+        why = 'the tensors are not on CUDA' if not on_cuda else f'{module_name} is not importable'
+        raise OptionError(f'{ENV_OPS}=kernel: {op_name} cannot use the CUDA kernel ({why}); unset {ENV_OPS}')
+    if requested == 'numba' and cpu_module and on_cpu and probe_kernel(cpu_module) is None:
+        raise OptionError(f'{ENV_OPS}=numba: numba is not importable; pip install numba, or unset {ENV_OPS}')
+    if requested == 'torch':
+        path, text = 'torch', 'PyTorch (forced)'
+    elif on_cuda and requested in ('auto', 'kernel') and probe_kernel(module_name) is not None:
+        path, text = 'kernel', f'CUDA kernel ({module_name})'
+    elif on_cpu and cpu_module and probe_kernel(cpu_module) is not None:
+        path, text = 'numba', 'numba-compiled CPU (tensors not on CUDA; without numba, the PyTorch)'
+    elif not on_cuda:
+        path, text = 'torch', 'PyTorch (tensors not on CUDA)'
     else:
-        path = f'CUDA kernel ({module_name})'
-        use = True
-    key = (op_name, path)
+        path, text = 'torch', f'PyTorch ({module_name} not importable)'
+    key = (op_name, text)
     if key not in _logged:
         _logged.add(key)
-        logger.info('%s: using the %s path.', op_name, path)
-    return use
+        logger.info('%s: using the %s path.', op_name, text)
+    return path
+
+
+def use_kernel(op_name, module_name, *tensors):
+    """Whether ``op_name`` should run the CUDA kernel from ``module_name`` for these tensors; logs once."""
+    return select(op_name, module_name, *tensors) == 'kernel'

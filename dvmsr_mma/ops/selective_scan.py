@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .dispatch import use_kernel
+from .dispatch import select
 
 __all__ = ['selective_scan', 'selective_scan_torch', 'selective_scan_step_loop']
 
@@ -310,14 +310,19 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """Selective scan with ``mamba_ssm``'s ``selective_scan_fn`` signature. u, delta, z: (b, d, l); A: (d, n);
     B, C: (b, n, l), (b, g, n, l) or time-invariant (d, n); D, delta_bias: (d,).
 
-    Returns (b, d, l) in u's dtype. Runs ``selective_scan_cuda`` (through ``mamba_ssm``) when it is importable,
-    the tensors are on CUDA and the PyTorch path is not forced; the exact PyTorch path otherwise.
+    Returns (b, d, l) in u's dtype. Runs ``selective_scan_cuda`` (through ``mamba_ssm``) when it is importable
+    and the tensors are on CUDA, the numba scan (:mod:`.scan_cpu`) when numba imports and they are on the CPU,
+    the exact PyTorch path otherwise or when forced (see :mod:`.dispatch`).
     ``return_last_state`` (for step-by-step decoding) is not supported.
     """
     if return_last_state:
         raise NotImplementedError('selective_scan: return_last_state is not supported (a streaming feature of '
                                   'mamba_ssm that super-resolution does not use)')
-    if use_kernel('selective_scan', 'selective_scan_cuda', u, delta, A, B, C, D, z, delta_bias):
+    path = select('selective_scan', 'selective_scan_cuda', u, delta, A, B, C, D, z, delta_bias)
+    if path == 'kernel':
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
         return selective_scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    if path == 'numba':
+        from .scan_cpu import selective_scan_cpu
+        return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
