@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 ENV_FORCE_TORCH = 'DVMSR_MMA_FORCE_TORCH_OPS'
 ENV_OPS = 'DVMSR_MMA_OPS'
 PATHS = ('kernel', 'numba', 'torch')
-CPU_COMPILED = {'selective_scan': 'dvmsr_mma.ops.scan_cpu'}  # op -> its numba module (imports numba)
+CPU_COMPILED = {'selective_scan': 'dvmsr_mma.ops.scan_cpu'}  # op -> its numba module (importing it imports numba)
 
 _force_torch = False
 _probe_cache = {}
