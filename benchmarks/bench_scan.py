@@ -202,6 +202,15 @@ def main():
                 report(f'{"fwd+bwd" if backward else "fwd    "} d={d:3d} l=4096', times)
 
     if device == 'cpu':
+        print('\n== under load: the scan alone (fwd b=1 d=120 l=16384, as in DVMSR x4 at 128x128) ==')
+        scans = {k: impls[k] for k in ('landed', 'numba') if k in impls}
+        quiet = {k: time_scan(f, 1, 120, 16384, n, device, False, 5) for k, f in scans.items()}
+        with busy_processes(2):
+            loaded = {k: time_scan(f, 1, 120, 16384, n, device, False, 5) for k, f in scans.items()}
+        report('quiet     ', quiet)
+        report('under load', loaded)
+        print('under load / quiet: ' + '  '.join(f'{k} {loaded[k] / quiet[k]:.1f}x' for k in loaded))
+
         print('\n== DVMSR x4 (60 channels, 4 RSSB) forward, no grad ==')
         nets = {k: impls[k] for k in ('landed', 'torch', 'numba') if k in impls}
         report('LR 256x256 quiet     ', {k: dvmsr_forward_time(f, 256, 3) for k, f in nets.items()})
