@@ -28,20 +28,18 @@ field of each line, relative to ``dataroot_gt``), else every image in ``dataroot
 ``gt_size`` is required for training; outside training the official reads it as well (it enlarges validation
 images too), here without it nothing is enlarged.
 """
-import os.path as osp
 
 import cv2
 import numpy as np
 from torch.utils import data
 from torchvision.transforms.functional import normalize
 
-from basicsr.data.data_util import paths_from_lmdb
 from basicsr.data.transforms import augment, paired_random_crop
-from basicsr.utils import FileClient, imfrombytes, img2tensor
+from basicsr.utils import imfrombytes, img2tensor
 from basicsr.utils.color_util import rgb2ycbcr
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
-from datasets_prep.common import image_files
+from dvmsr_mma.data.hr_only import hr_paths, open_file_client
 from dvmsr_mma.errors import OptionError
 
 
@@ -57,31 +55,13 @@ class ImageNetPairedDataset(data.Dataset):
         self.mean, self.std = opt.get('mean'), opt.get('std')
         self.scale = opt['scale']
         self.gt_size = opt.get('gt_size')
-        self.gt_folder = opt.get('dataroot_gt')
-        where = f'datasets.{opt.get("phase", "train")}'
-        if not self.gt_folder:
-            raise OptionError(f'{where}.dataroot_gt: not set (the HR folder or LMDB)')
         if opt.get('phase') == 'train' and self.gt_size is None:
-            raise OptionError(f'{where}.gt_size: not set; add it, e.g. gt_size: 128 (the HR patch size)')
-
-        if self.io_backend_opt['type'] == 'lmdb':
-            self.io_backend_opt['db_paths'] = [self.gt_folder]
-            self.io_backend_opt['client_keys'] = ['gt']
-            self.paths = paths_from_lmdb(self.gt_folder)
-        elif opt.get('meta_info_file'):
-            with open(opt['meta_info_file']) as fin:
-                self.paths = [osp.join(self.gt_folder, line.split(' ')[0].strip()) for line in fin if line.strip()]
-        else:
-            if not osp.isdir(self.gt_folder):
-                raise OptionError(f'{where}.dataroot_gt: no such folder: {self.gt_folder}')
-            self.paths = image_files(self.gt_folder)
-        if not self.paths:
-            raise OptionError(f'{where}.dataroot_gt: no images in {self.gt_folder} (nor its sub-folders)')
+            raise OptionError('datasets.train.gt_size: not set; add it, e.g. gt_size: 128 (the HR patch size)')
+        self.paths = hr_paths(opt, self.io_backend_opt)
 
     def __getitem__(self, index):
         if self.file_client is None:
-            io_opt = dict(self.io_backend_opt)
-            self.file_client = FileClient(io_opt.pop('type'), **io_opt)
+            self.file_client = open_file_client(self.io_backend_opt)
 
         scale = self.scale
         gt_path = self.paths[index]

@@ -22,20 +22,17 @@ Options: ``dataroot_gt``, ``io_backend`` (disk | lmdb), ``meta_info_file`` (opti
 line, first field), ``scale``, ``phase``, ``gt_size``, ``use_hflip``, ``use_rot``, ``quantize_lq``,
 ``mean`` / ``std``.
 """
-import os.path as osp
 
 import cv2
 import numpy as np
 from torch.utils import data
 from torchvision.transforms.functional import normalize
 
-from basicsr.data.data_util import paths_from_lmdb
 from basicsr.data.transforms import augment
-from basicsr.utils import FileClient, imfrombytes, img2tensor
+from basicsr.utils import imfrombytes, img2tensor
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
-from datasets_prep.common import image_files
-from dvmsr_mma.errors import OptionError
+from dvmsr_mma.data.hr_only import hr_paths, open_file_client
 
 
 @DATASET_REGISTRY.register()
@@ -49,28 +46,11 @@ class ImageNetPretrainDataset(data.Dataset):
         self.io_backend_opt = dict(opt['io_backend'])
         self.mean, self.std = opt.get('mean'), opt.get('std')
         self.scale = opt['scale']
-        self.gt_folder = opt.get('dataroot_gt')
-        if not self.gt_folder:
-            raise OptionError(f'datasets.{opt.get("phase", "train")}.dataroot_gt: not set (the HR folder or LMDB)')
-
-        if self.io_backend_opt['type'] == 'lmdb':
-            self.io_backend_opt['db_paths'] = [self.gt_folder]
-            self.io_backend_opt['client_keys'] = ['gt']
-            self.paths = paths_from_lmdb(self.gt_folder)
-        elif opt.get('meta_info_file'):
-            with open(opt['meta_info_file']) as fin:
-                self.paths = [osp.join(self.gt_folder, line.split(' ')[0].strip()) for line in fin if line.strip()]
-        else:
-            if not osp.isdir(self.gt_folder):
-                raise OptionError(f'dataroot_gt: no such folder: {self.gt_folder}')
-            self.paths = image_files(self.gt_folder)
-        if not self.paths:
-            raise OptionError(f'dataroot_gt: no images in {self.gt_folder}')
+        self.paths = hr_paths(opt, self.io_backend_opt)
 
     def __getitem__(self, index):
         if self.file_client is None:
-            io_opt = dict(self.io_backend_opt)
-            self.file_client = FileClient(io_opt.pop('type'), **io_opt)
+            self.file_client = open_file_client(self.io_backend_opt)
 
         scale = self.scale
         gt_path = self.paths[index]
