@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 TASKS_PER_THREAD = 8  # lanes are cut into about this many tasks per thread, for balance on a busy machine
@@ -37,6 +38,21 @@ def int_bits_as_float(typingctx, bits):
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.int32), codegen
+
+
+@intrinsic
+def stack_f32(typingctx, size):
+    """A pointer to ``size`` (a compile-time constant) float32 on the stack, for ``numba.carray``: the compiler
+    knows stack memory aliases no argument, so loops that store into it vectorize (2x on the scan's backward;
+    with heap scratch it must assume any store may change any array it reads)."""
+    if not isinstance(size, types.IntegerLiteral):
+        return None
+    count = size.literal_value
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, ir.FloatType(), size=count)
+
+    return types.CPointer(types.float32)(size), codegen
 
 
 @numba.njit(fastmath=MATH_FLAGS, error_model='numpy', cache=True)

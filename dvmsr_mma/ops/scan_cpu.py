@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .numba_runtime import EMPTY1, EMPTY3, FLAGS, MATH_FLAGS, exp32, f32, log1p_small, arr, run_tasks, lane_tasks
+from .numba_runtime import (EMPTY1, EMPTY3, FLAGS, MATH_FLAGS, arr, exp32, f32, lane_tasks, log1p_small, run_tasks,
+                            stack_f32)
 from .selective_scan import _check_shapes, _per_channel
 
 __all__ = ['selective_scan_cpu']
@@ -30,11 +31,12 @@ STATE_MULTIPLE = 16  # states are zero-padded to a multiple of this (A = B = C =
 
 
 @numba.njit(fastmath=MATH_FLAGS, error_model='numpy', cache=True)
-def _dt_block(delta, t0, steps, bias, softplus, dt, slope):
-    """dt = softplus(delta + bias) (or delta + bias) for steps t0.., and its derivative sigmoid(x) in ``slope``;
-    softplus(x) = max(x, 0) + log1p(exp(-|x|)), within 3 ulp of torch's."""
-    for s in range(steps):
-        x = delta[t0 + s] + bias
+def _dt_block(delta, bias, softplus, dt, slope):
+    """dt = softplus(delta + bias) (or delta + bias) for one block (``delta``: its slice), and its derivative
+    sigmoid(x) in ``slope``; softplus(x) = max(x, 0) + log1p(exp(-|x|)), within 3 ulp of torch's. The block comes
+    as a slice indexed from 0: an index that might be negative makes numba wrap it, and the loop gathers."""
+    for s in range(delta.shape[0]):
+        x = delta[s] + bias
         if softplus:
             e = exp32(-abs(x))
             dt[s] = max(x, np.float32(0.0)) + log1p_small(e)
@@ -46,10 +48,10 @@ def _dt_block(delta, t0, steps, bias, softplus, dt, slope):
 
 
 @numba.njit(fastmath=MATH_FLAGS, error_model='numpy', cache=True)
-def _gate_block(z, t0, steps, gate, sig):
-    """silu(z) = z sigmoid(z) for steps t0.., and sigmoid(z) (for the gradient)."""
-    for s in range(steps):
-        zz = z[t0 + s]
+def _gate_block(z, gate, sig):
+    """silu(z) = z sigmoid(z) for one block (``z``: its slice), and sigmoid(z) (for the gradient)."""
+    for s in range(z.shape[0]):
+        zz = z[s]
         sg = np.float32(1.0) / (np.float32(1.0) + exp32(-zz))
         sig[s] = sg
         gate[s] = zz * sg
@@ -59,17 +61,21 @@ def _gate_block(z, t0, steps, gate, sig):
 def _kernels(n: int) -> Tuple[Callable, Callable]:
     """The forward and backward lane kernels for ``n`` states, a multiple of :data:`STATE_MULTIPLE`. ``n`` is a
     compile-time constant: the compiler then unrolls the loops over the states into whole vectors (with a run-time
-    n = 16 it takes the scalar remainder loop and runs 2.5x slower). Compiled once per n, cached on disk."""
+    n = 16 it takes the scalar remainder loop and runs 2.5x slower). Compiled once per n, cached on disk. The
+    scratch arrays live on the stack (:func:`~.numba_runtime.stack_f32`), their sizes constants too."""
+    block = CHECKPOINT_STEPS
+    states_size, block_states_size = (block + 1) * n, block * n
 
     @numba.njit(nogil=True, fastmath=FLAGS, error_model='numpy', cache=True)
     def _forward_lanes(u, delta, bias, A, Bt, Ct, D, z, y, hc, batch, c0, c1, per_group, softplus, save):
         """Lanes (batch, c0..c1): y = (<C_t, h_t> + D u) silu(z), block by block of CHECKPOINT_STEPS steps whose dt
         and gate are computed first (vectorized over time); ``save``: the state before every block into hc."""
-        seqlen, block = u.shape[2], CHECKPOINT_STEPS
+        seqlen = u.shape[2]
         has_bias, has_d, has_z = bias.shape[0] > 0, D.shape[0] > 0, z.shape[0] > 0
-        h = np.zeros(n, np.float32)
-        dt, slope = np.empty(block, np.float32), np.empty(block, np.float32)
-        gate, sig = np.ones(block, np.float32), np.empty(block, np.float32)
+        h = numba.carray(stack_f32(n), n)
+        dt, slope = numba.carray(stack_f32(block), block), numba.carray(stack_f32(block), block)
+        gate, sig = numba.carray(stack_f32(block), block), numba.carray(stack_f32(block), block)
+        gate[:] = 1
         for c in range(c0, c1):
             g = c // per_group
             a = A[c]
@@ -81,20 +87,21 @@ def _kernels(n: int) -> Tuple[Callable, Callable]:
                 steps = min(block, seqlen - t0)
                 if save:
                     hc[batch, c, t0 // block, :] = h
-                _dt_block(delta[batch, c], t0, steps, bc, softplus, dt, slope)
+                _dt_block(delta[batch, c, t0:t0 + steps], bc, softplus, dt, slope)
                 if has_z:
-                    _gate_block(z[batch, c], t0, steps, gate, sig)
+                    _gate_block(z[batch, c, t0:t0 + steps], gate, sig)
+                ub, yb = uc[t0:t0 + steps], yc[t0:t0 + steps]  # this block's views, indexed from 0
+                Bb, Cb = Bt[batch, g, t0:t0 + steps], Ct[batch, g, t0:t0 + steps]
                 for s in range(steps):
-                    t = t0 + s
                     dts = dt[s]
-                    du = dts * uc[t]
-                    bt, ct = Bt[batch, g, t], Ct[batch, g, t]
+                    du = dts * ub[s]
+                    bt, ct = Bb[s], Cb[s]
                     acc = np.float32(0.0)
                     for i in range(n):
                         hi = exp32(dts * a[i]) * h[i] + du * bt[i]
                         h[i] = hi
                         acc += hi * ct[i]
-                    yc[t] = (acc + dc * uc[t]) * gate[s]
+                    yb[s] = (acc + dc * ub[s]) * gate[s]
 
     @numba.njit(nogil=True, fastmath=FLAGS, error_model='numpy', cache=True)
     def _backward_lanes(u, delta, bias, A, Bt, Ct, D, z, gout, hc, g_u, g_delta, g_z, g_A, g_D, g_bias, g_Bp, g_Cp,
@@ -103,13 +110,15 @@ def _kernels(n: int) -> Tuple[Callable, Callable]:
 
         Writes g_u, g_delta, g_z and the lane's sums g_A, g_D, g_bias[batch, c]; adds into g_Bp / g_Cp[batch, part]
         (this task's own slice, summed over parts by the caller). Long sums accumulate per block, then in float64."""
-        seqlen, block = u.shape[2], CHECKPOINT_STEPS
+        seqlen = u.shape[2]
         has_bias, has_d, has_z = bias.shape[0] > 0, D.shape[0] > 0, z.shape[0] > 0
-        hs = np.empty((block + 1, n), np.float32)
-        decay = np.empty((block, n), np.float32)
-        dt, slope = np.empty(block, np.float32), np.empty(block, np.float32)
-        gate, sig, ypre = np.ones(block, np.float32), np.empty(block, np.float32), np.empty(block, np.float32)
-        gh, ga = np.empty(n, np.float32), np.empty(n, np.float32)
+        hs = numba.carray(stack_f32(states_size), (block + 1, n))
+        decay = numba.carray(stack_f32(block_states_size), (block, n))
+        dt, slope = numba.carray(stack_f32(block), block), numba.carray(stack_f32(block), block)
+        gate, sig = numba.carray(stack_f32(block), block), numba.carray(stack_f32(block), block)
+        ypre = numba.carray(stack_f32(block), block)
+        gate[:] = 1
+        gh, ga = numba.carray(stack_f32(n), n), numba.carray(stack_f32(n), n)
         ga64 = np.empty(n, np.float64)
         for c in range(c0, c1):
             g = c // per_group
@@ -124,15 +133,18 @@ def _kernels(n: int) -> Tuple[Callable, Callable]:
             for j in range((seqlen + block - 1) // block - 1, -1, -1):
                 t0 = j * block
                 steps = min(block, seqlen - t0)
-                _dt_block(delta[batch, c], t0, steps, bc, softplus, dt, slope)
+                _dt_block(delta[batch, c, t0:t0 + steps], bc, softplus, dt, slope)
                 if has_z:
-                    _gate_block(z[batch, c], t0, steps, gate, sig)
+                    _gate_block(z[batch, c, t0:t0 + steps], gate, sig)
+                ub, gob = uc[t0:t0 + steps], goc[t0:t0 + steps]  # this block's views, indexed from 0
+                Bb, Cb = Bt[batch, g, t0:t0 + steps], Ct[batch, g, t0:t0 + steps]
+                gBb, gCb = g_Bp[batch, part, g, t0:t0 + steps], g_Cp[batch, part, g, t0:t0 + steps]
+                gub, gdb = g_u[batch, c, t0:t0 + steps], g_delta[batch, c, t0:t0 + steps]
                 hs[0] = hc[batch, c, j]
                 for s in range(steps):  # (values read once into locals: a store may alias any array)
-                    t = t0 + s
                     dts = dt[s]
-                    du = dts * uc[t]
-                    bt, ct = Bt[batch, g, t], Ct[batch, g, t]
+                    du = dts * ub[s]
+                    bt, ct = Bb[s], Cb[s]
                     h0, h1, dec = hs[s], hs[s + 1], decay[s]
                     acc = np.float32(0.0)
                     for i in range(n):
@@ -141,17 +153,17 @@ def _kernels(n: int) -> Tuple[Callable, Callable]:
                         hi = e * h0[i] + du * bt[i]
                         h1[i] = hi
                         acc += hi * ct[i]
-                    ypre[s] = acc + dc * uc[t]
+                    ypre[s] = acc + dc * ub[s]
                 ga[:] = 0
                 gd = np.float32(0.0)
                 gbias = np.float32(0.0)
-                for s in range(steps - 1, -1, -1):
-                    t = t0 + s
-                    dts, ut = dt[s], uc[t]
+                for r in range(steps):
+                    s = steps - 1 - r  # backwards
+                    dts, ut = dt[s], ub[s]
                     du = dts * ut
-                    gyt = goc[t] * gate[s]  # gradient of the pre-gate output
-                    bt, ct = Bt[batch, g, t], Ct[batch, g, t]
-                    gbt, gct = g_Bp[batch, part, g, t], g_Cp[batch, part, g, t]
+                    gyt = gob[s] * gate[s]  # gradient of the pre-gate output
+                    bt, ct = Bb[s], Cb[s]
+                    gbt, gct = gBb[s], gCb[s]
                     # three loops of few arrays each, so that the compiler can vectorize them (it gives up on
                     # one loop touching nine arrays it cannot prove apart)
                     hs1, hs0, dec = hs[s + 1], hs[s], decay[s]
@@ -169,15 +181,15 @@ def _kernels(n: int) -> Tuple[Callable, Callable]:
                         gda += q * a[i]
                         ga[i] += q * dts
                         gh[i] = ghi
-                    g_u[batch, c, t] = gdu * dts + gyt * dc
+                    gub[s] = gdu * dts + gyt * dc
                     gdelta = (gda + gdu * ut) * slope[s]
-                    g_delta[batch, c, t] = gdelta
+                    gdb[s] = gdelta
                     gbias += gdelta
                     gd += gyt * ut
                     if has_z:
                         sg = sig[s]
-                        zt = z[batch, c, t]
-                        g_z[batch, c, t] = goc[t] * ypre[s] * sg * (np.float32(1.0) + zt * (np.float32(1.0) - sg))
+                        zt = z[batch, c, t0 + s]
+                        g_z[batch, c, t0 + s] = gob[s] * ypre[s] * sg * (np.float32(1.0) + zt * (np.float32(1.0) - sg))
                 for i in range(n):
                     ga64[i] += ga[i]
                 gd64 += gd
