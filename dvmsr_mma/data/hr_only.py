@@ -1,9 +1,13 @@
-"""What the two HR-only ImageNet datasets share: finding their HR images and opening the file client."""
+"""What the two HR-only ImageNet datasets share: options, finding the HR images, reading one, the output dict."""
 import os.path as osp
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Tuple
+
+import numpy as np
+from torch.utils import data
+from torchvision.transforms.functional import normalize
 
 from basicsr.data.data_util import paths_from_lmdb
-from basicsr.utils import FileClient
+from basicsr.utils import FileClient, imfrombytes, img2tensor
 from datasets_prep.common import image_files
 from dvmsr_mma.errors import OptionError
 
@@ -32,8 +36,35 @@ def hr_paths(opt: Mapping[str, Any], io_backend_opt: Dict[str, Any]) -> List[str
     return paths
 
 
-def open_file_client(io_backend_opt: Mapping[str, Any]) -> FileClient:
-    """BasicSR's FileClient for these options, made in the DataLoader worker that first reads (LMDB handles do not
-    survive a fork)."""
-    io_opt = dict(io_backend_opt)
-    return FileClient(io_opt.pop('type'), **io_opt)
+class HROnlyDataset(data.Dataset):
+    """Base of the datasets that read HR images only and make the LR from them: subclasses turn
+    :meth:`read_hr`'s image into a pair and return :meth:`pair_dict` of it."""
+
+    def __init__(self, opt: Mapping[str, Any]):
+        super().__init__()
+        self.opt = opt
+        self.file_client = None  # made in the DataLoader worker that first reads (LMDB handles do not survive fork)
+        self.io_backend_opt = dict(opt['io_backend'])
+        self.mean, self.std = opt.get('mean'), opt.get('std')
+        self.scale = opt['scale']
+        self.paths = hr_paths(opt, self.io_backend_opt)
+
+    def read_hr(self, index: int) -> Tuple[str, np.ndarray]:
+        """(path, image as float32 BGR in [0, 1], (h, w, 3))."""
+        if self.file_client is None:
+            io_opt = dict(self.io_backend_opt)
+            self.file_client = FileClient(io_opt.pop('type'), **io_opt)
+        path = self.paths[index]
+        return path, imfrombytes(self.file_client.get(path, 'gt'), float32=True)
+
+    def pair_dict(self, img_gt: np.ndarray, img_lq: np.ndarray, path: str) -> Dict[str, Any]:
+        """PairedImageDataset's output: CHW RGB tensors (normalized by ``mean`` / ``std`` if set); ``lq_path`` is the
+        HR path, since the LR has no file of its own (BasicSR's validation names images after it)."""
+        img_gt, img_lq = img2tensor([img_gt, img_lq], bgr2rgb=True, float32=True)  # HWC BGR -> CHW RGB
+        if self.mean is not None or self.std is not None:
+            normalize(img_lq, self.mean, self.std, inplace=True)
+            normalize(img_gt, self.mean, self.std, inplace=True)
+        return {'lq': img_lq, 'gt': img_gt, 'lq_path': path, 'gt_path': path}
+
+    def __len__(self) -> int:
+        return len(self.paths)

@@ -31,41 +31,28 @@ images too), here without it nothing is enlarged.
 
 import cv2
 import numpy as np
-from torch.utils import data
-from torchvision.transforms.functional import normalize
 
 from basicsr.data.transforms import augment, paired_random_crop
-from basicsr.utils import imfrombytes, img2tensor
 from basicsr.utils.color_util import rgb2ycbcr
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
-from dvmsr_mma.data.hr_only import hr_paths, open_file_client
+from dvmsr_mma.data.hr_only import HROnlyDataset
 from dvmsr_mma.errors import OptionError
 
 
 @DATASET_REGISTRY.register()
-class ImageNetPairedDataset(data.Dataset):
+class ImageNetPairedDataset(HROnlyDataset):
     """HR folder / LMDB -> (MATLAB-bicubic LR of the whole image, HR) pairs, as the official; see the module."""
 
     def __init__(self, opt):
-        super().__init__()
-        self.opt = opt
-        self.file_client = None
-        self.io_backend_opt = dict(opt['io_backend'])
-        self.mean, self.std = opt.get('mean'), opt.get('std')
-        self.scale = opt['scale']
         self.gt_size = opt.get('gt_size')
         if opt.get('phase') == 'train' and self.gt_size is None:
             raise OptionError('datasets.train.gt_size: not set; add it, e.g. gt_size: 128 (the HR patch size)')
-        self.paths = hr_paths(opt, self.io_backend_opt)
+        super().__init__(opt)
 
     def __getitem__(self, index):
-        if self.file_client is None:
-            self.file_client = open_file_client(self.io_backend_opt)
-
         scale = self.scale
-        gt_path = self.paths[index]
-        img_gt = imfrombytes(self.file_client.get(gt_path, 'gt'), float32=True)  # (h, w, 3) BGR [0, 1]
+        gt_path, img_gt = self.read_hr(index)  # (h, w, 3) BGR [0, 1]
 
         h, w = img_gt.shape[:2]
         h, w = h - h % scale, w - w % scale
@@ -88,11 +75,4 @@ class ImageNetPairedDataset(data.Dataset):
         if self.opt['phase'] != 'train':
             img_gt = img_gt[:img_lq.shape[0] * scale, :img_lq.shape[1] * scale, :]
 
-        img_gt, img_lq = img2tensor([img_gt, img_lq], bgr2rgb=True, float32=True)  # HWC BGR -> CHW RGB
-        if self.mean is not None or self.std is not None:
-            normalize(img_lq, self.mean, self.std, inplace=True)
-            normalize(img_gt, self.mean, self.std, inplace=True)
-        return {'lq': img_lq, 'gt': img_gt, 'lq_path': gt_path, 'gt_path': gt_path}
-
-    def __len__(self):
-        return len(self.paths)
+        return self.pair_dict(img_gt, img_lq, gt_path)

@@ -25,36 +25,20 @@ line, first field), ``scale``, ``phase``, ``gt_size``, ``use_hflip``, ``use_rot`
 
 import cv2
 import numpy as np
-from torch.utils import data
-from torchvision.transforms.functional import normalize
 
 from basicsr.data.transforms import augment
-from basicsr.utils import imfrombytes, img2tensor
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
-from dvmsr_mma.data.hr_only import hr_paths, open_file_client
+from dvmsr_mma.data.hr_only import HROnlyDataset
 
 
 @DATASET_REGISTRY.register()
-class ImageNetPretrainDataset(data.Dataset):
+class ImageNetPretrainDataset(HROnlyDataset):
     """HR folder or LMDB -> (MATLAB-bicubic LR, HR) pairs; see the module docstring."""
 
-    def __init__(self, opt):
-        super().__init__()
-        self.opt = opt
-        self.file_client = None
-        self.io_backend_opt = dict(opt['io_backend'])
-        self.mean, self.std = opt.get('mean'), opt.get('std')
-        self.scale = opt['scale']
-        self.paths = hr_paths(opt, self.io_backend_opt)
-
     def __getitem__(self, index):
-        if self.file_client is None:
-            self.file_client = open_file_client(self.io_backend_opt)
-
         scale = self.scale
-        gt_path = self.paths[index]
-        img_gt = imfrombytes(self.file_client.get(gt_path, 'gt'), float32=True)  # (h, w, 3) BGR [0, 1]
+        gt_path, img_gt = self.read_hr(index)  # (h, w, 3) BGR [0, 1]
 
         if self.opt['phase'] == 'train':
             gt_size = self.opt['gt_size']
@@ -75,11 +59,4 @@ class ImageNetPretrainDataset(data.Dataset):
             img_lq = np.round(np.clip(img_lq, 0, 1) * 255.) / 255.
         img_lq = np.ascontiguousarray(img_lq, dtype=np.float32)
 
-        img_gt, img_lq = img2tensor([img_gt, img_lq], bgr2rgb=True, float32=True)  # HWC BGR -> CHW RGB
-        if self.mean is not None or self.std is not None:
-            normalize(img_lq, self.mean, self.std, inplace=True)
-            normalize(img_gt, self.mean, self.std, inplace=True)
-        return {'lq': img_lq, 'gt': img_gt, 'lq_path': gt_path, 'gt_path': gt_path}
-
-    def __len__(self):
-        return len(self.paths)
+        return self.pair_dict(img_gt, img_lq, gt_path)
