@@ -201,3 +201,18 @@ def test_bad_forced_path_is_one_line(fresh_dispatch, value, message):
     with pytest.raises(OptionError) as err:
         selective_scan(*make_inputs(1, 2, 2, 5, 0, False, False, False))
     assert str(err.value).startswith(message)
+
+
+def test_backward_partial_buffers_are_bounded(monkeypatch):
+    """The B/C gradient buffers (one per task part) shrink to the bound; results stay exact."""
+    monkeypatch.setattr(scan_cpu, 'BACKWARD_PARTIAL_ELEMENTS', 1)  # one part: a single buffer
+    sizes = []
+    real_zeros = torch.Tensor.new_zeros
+
+    def recording_new_zeros(self, *size, **kwargs):
+        sizes.append(tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size)
+        return real_zeros(self, *size, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, 'new_zeros', recording_new_zeros)
+    check_against_reference(make_inputs(2, 8, 3, 70, 0, True, True, True, seed=9), True)
+    assert sizes and all(size[1] == 1 for size in sizes)  # (b, parts, g, l, N) with parts = 1

@@ -109,6 +109,8 @@ def run_tasks(tasks: List[tuple], fn) -> None:
     with _pool_lock:
         key = (os.getpid(), threads)  # a forked child has the object but not the threads
         if _pool is None or _pool_key != key:
+            if _pool is not None and _pool_key[0] == os.getpid():
+                _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(threads, thread_name_prefix='dvmsr_mma_scan')
             _pool_key = key
         pool = _pool
@@ -116,9 +118,11 @@ def run_tasks(tasks: List[tuple], fn) -> None:
         future.result()
 
 
-def lane_tasks(b: int, d: int) -> List[Tuple[int, int, int, int]]:
-    """(batch, first channel, end channel, part) covering every lane, about TASKS_PER_THREAD per thread."""
-    parts = max(1, min(d, math.ceil(TASKS_PER_THREAD * torch.get_num_threads() / b)))
+def lane_tasks(b: int, d: int, max_parts: Optional[int] = None) -> List[Tuple[int, int, int, int]]:
+    """(batch, first channel, end channel, part) covering every lane, about TASKS_PER_THREAD per thread, each batch
+    cut into the same ``parts`` (at most ``max_parts``): a task is a fixed set of lanes, so results do not depend
+    on which thread runs it."""
+    parts = max(1, min(d, math.ceil(TASKS_PER_THREAD * torch.get_num_threads() / b), max_parts or d))
     bounds = [round(i * d / parts) for i in range(parts + 1)]
     return [(i, bounds[p], bounds[p + 1], p) for i in range(b) for p in range(parts)]
 

@@ -28,6 +28,9 @@ __all__ = ['selective_scan_cpu']
 
 CHECKPOINT_STEPS = 64  # forward states kept for the backward: one per 64 steps and lane
 STATE_MULTIPLE = 16  # states are zero-padded to a multiple of this (A = B = C = 0 there: those states stay 0)
+# The backward's B and C gradients are summed per task part (deterministically), one (b, g, l, N) buffer each:
+# fewer parts where those buffers would pass this many elements (64 MB in fp32) per gradient.
+BACKWARD_PARTIAL_ELEMENTS = 1 << 24
 
 
 @numba.njit(fastmath=MATH_FLAGS, error_model='numpy', cache=True)
@@ -240,7 +243,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         A32, Bt, Ct = _padded_states(A, B, C)
         groups, padded = Bt.shape[1], A32.shape[1]
         u32 = f32(u)
-        tasks = lane_tasks(b, d)
+        tasks = lane_tasks(b, d, max_parts=max(1, BACKWARD_PARTIAL_ELEMENTS // (b * groups * seqlen * padded)))
         parts = max(task[3] for task in tasks) + 1
         g_u, g_delta = torch.empty_like(u32), torch.empty_like(u32)
         g_z = torch.empty_like(u32) if z is not None else None
