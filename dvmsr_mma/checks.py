@@ -26,11 +26,11 @@ from dvmsr_mma.errors import OptionError
 from dvmsr_mma.weights import check_finite, few_names, load_checkpoint, state_dict_mismatch, without_module_prefix
 
 _MISSING = object()
+IMAGENET_TYPES = ('ImageNetPretrainDataset', 'ImageNetPairedDataset')  # HR only, searching train/<wnid>/ folders
 ROOTS = {  # dataset type -> the image roots it reads (HR first); other types get an existence check only
     'PairedImageDataset': ('dataroot_gt', 'dataroot_lq'),
     'SingleImageDataset': ('dataroot_lq',),
-    'ImageNetPretrainDataset': ('dataroot_gt',),
-    'ImageNetPairedDataset': ('dataroot_gt',),
+    **dict.fromkeys(IMAGENET_TYPES, ('dataroot_gt',)),
 }
 WHOLE_NUMBERS = (  # option (* = every dataset), least value, float allowed (BasicSR's files write !!float 5e3)
     ('scale', 1, False, 'scale: 4'),
@@ -213,7 +213,7 @@ def _required(opt: Mapping[str, Any]) -> Iterator[Tuple[str, str]]:
         if kind in ROOTS:
             yield f'{where}.io_backend.type', 'io_backend: {type: disk} (or lmdb)'
         if dataset_opt.get('phase') == 'train':
-            if kind in ('PairedImageDataset', 'ImageNetPretrainDataset', 'ImageNetPairedDataset'):
+            if kind == 'PairedImageDataset' or kind in IMAGENET_TYPES:
                 yield f'{where}.gt_size', 'gt_size: 128 (the HR patch size, a multiple of scale)'
             if kind == 'PairedImageDataset':
                 yield f'{where}.use_hflip', 'use_hflip: true'
@@ -315,7 +315,7 @@ def check_dataset(where: str, dataset_opt: Mapping[str, Any], scale: int) -> Non
     kind = dataset_opt.get('type')
     if kind not in ROOTS:
         return
-    recursive = kind in ('ImageNetPretrainDataset', 'ImageNetPairedDataset')  # they search train/<wnid>/ folders
+    recursive = kind in IMAGENET_TYPES
     listed = {key: _lmdb_shapes(f'{where}.{key}', dataset_opt[key]) if lmdb
               else _folder_images(f'{where}.{key}', dataset_opt[key], recursive) for key in ROOTS[kind]}
     if kind == 'PairedImageDataset':

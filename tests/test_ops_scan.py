@@ -75,6 +75,11 @@ def test_values_and_grads_match_reference(l, groups, with_d, with_z, with_bias, 
     ref = reference_scan(*inputs, delta_softplus=softplus)
     assert out.dtype == torch.float32 and out.shape == (2, 4, l)
     assert rel_err(out, ref) < 1e-4
+    assert_grads_match(out, ref, inputs)
+
+
+def assert_grads_match(out, ref, inputs):
+    """The gradient of every input (None: absent) through ``out`` equals the one through the float64 ``ref``."""
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     active = [(name, x) for name, x in zip(NAMES, inputs) if x is not None]
     grads = torch.autograd.grad(out, [x for _, x in active], grad_out)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .numba_runtime import (EMPTY1, EMPTY3, FLAGS, MATH_FLAGS, arr, exp32, f32, lane_tasks, log1p_small, run_tasks,
                             stack_f32)
-from .selective_scan import _check_shapes, _per_channel
+from .selective_scan import checked_b_c
 
 __all__ = ['selective_scan_cpu']
 
@@ -230,17 +230,16 @@ class _SelectiveScanCPU(torch.autograd.Function):
         forward_lanes, _ = _kernels(A32.shape[1])
         run_tasks([(*arrays, i, c0, c1, d // Bt.shape[1], delta_softplus, save) for i, c0, c1, _ in lane_tasks(b, d)],
                   forward_lanes)
-        if save:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hc)
+        if save:  # the padded fp32 A, B, C too: the backward reads them as the forward did
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hc, A32, Bt, Ct)
             ctx.delta_softplus = delta_softplus
         return y.to(u.dtype)
 
     @staticmethod
     def backward(ctx, gout):
-        u, delta, A, B, C, D, z, delta_bias, hc = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, hc, A32, Bt, Ct = ctx.saved_tensors
         b, d, seqlen = u.shape
         n = A.shape[1]
-        A32, Bt, Ct = _padded_states(A, B, C)
         groups, padded = Bt.shape[1], A32.shape[1]
         u32 = f32(u)
         tasks = lane_tasks(b, d, max_parts=max(1, BACKWARD_PARTIAL_ELEMENTS // (b * groups * seqlen * padded)))
@@ -267,10 +266,5 @@ class _SelectiveScanCPU(torch.autograd.Function):
 
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """The compiled CPU scan: ``selective_scan_torch``'s arguments, checks and results (to float rounding)."""
-    if A.is_complex():
-        raise NotImplementedError('selective_scan: real A only')
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    if B.dim() == 2 or C.dim() == 2:
-        b, d, l = u.shape
-        B, C = _per_channel(B, b, d, l), _per_channel(C, b, d, l)
+    B, C = checked_b_c(u, delta, A, B, C, D, z, delta_bias)
     return _SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

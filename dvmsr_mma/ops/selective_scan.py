@@ -266,18 +266,23 @@ def _per_channel(x, b, d, l):
     return x.repeat_interleave(d // x.shape[1], dim=1)
 
 
-def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """Exact PyTorch selective scan (any device, any length), with its own O(sqrt(l))-step backward.
-
-    Time-invariant B or C (``(d, n)``, which ``mamba_ssm`` accepts) are broadcast to ``(b, d, n, l)``, one group
-    per channel: exact, but O(b d n l) memory; the Mamba blocks of DVMSR and MMA use time-varying B and C.
-    """
+def checked_b_c(u, delta, A, B, C, D, z, delta_bias):
+    """What every non-kernel path does first: refuse complex A and bad shapes in one line; return B and C, a
+    time-invariant ``(d, n)`` one broadcast to ``(b, d, n, l)`` (one group per channel: exact, but O(b d n l)
+    memory; the Mamba blocks of DVMSR and MMA use time-varying B and C). Autograd sums its gradient back."""
     if A.is_complex():
-        raise NotImplementedError('selective_scan: the PyTorch path supports real A only')
+        raise NotImplementedError('selective_scan: real A only (complex A is not supported off the CUDA kernel)')
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     if B.dim() == 2 or C.dim() == 2:
         b, d, l = u.shape
-        B, C = _per_channel(B, b, d, l), _per_channel(C, b, d, l)  # autograd sums the gradients back
+        B, C = _per_channel(B, b, d, l), _per_channel(C, b, d, l)
+    return B, C
+
+
+def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Exact PyTorch selective scan (any device, any length), with its own O(sqrt(l))-step backward; inputs as
+    :func:`checked_b_c` takes them."""
+    B, C = checked_b_c(u, delta, A, B, C, D, z, delta_bias)
     return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
