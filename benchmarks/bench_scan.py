@@ -8,7 +8,9 @@ scan (``dvmsr_mma.ops.scan_cpu``), mambapy's parallel scan where ``mambapy`` is 
 pure-PyTorch peer), a plain step loop on the small grid, and the CUDA kernel on ``--device cuda``. Every case
 calls the scan as DVMSR does (D, the z gate, delta_bias, softplus). Times are the best of a few runs; peak memory
 is the growth of the resident set over one no-grad forward in a fresh process (VmHWM reset through
-/proc/self/clear_refs, Linux); "under load" runs with two busy-loop processes beside it.
+/proc/self/clear_refs, Linux); "under load" runs with two busy-loop processes beside it. ``dvmsr_mma`` is
+imported before torch, as in a ``basicsr`` command, so torch's OpenMP threads spin as the package sets them
+(``dvmsr_mma/openmp_env.py``); the DVMSR under-load case is also run in a child with libgomp's default spin.
 """
 import argparse
 import contextlib
@@ -18,11 +20,11 @@ import sys
 import time
 import types
 
-import torch
-import torch.nn.functional as F
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import dvmsr_mma  # noqa: E402,F401  (first: its OpenMP default applies only before torch loads)
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from dvmsr_mma.archs.dvmsr_arch import DVMSR  # noqa: E402
 from dvmsr_mma.ops import force_torch_ops, selective_scan  # noqa: E402
 from dvmsr_mma.ops.dispatch import probe_kernel  # noqa: E402
@@ -170,14 +172,35 @@ def dvmsr_forward_time(impl, size, repeats):
         scan_mod.selective_scan_torch = saved
 
 
+def dvmsr_load_ratio(impl):
+    """(quiet, under load) DVMSR x4 128x128 forward times with ``impl``."""
+    quiet = dvmsr_forward_time(impl, 128, 3)
+    with busy_processes(2):
+        return quiet, dvmsr_forward_time(impl, 128, 3)
+
+
+def dvmsr_load_ratio_child(spincount):
+    """``dvmsr_load_ratio`` of the numba path in a fresh process with ``GOMP_SPINCOUNT=spincount``."""
+    env = dict(os.environ, GOMP_SPINCOUNT=str(spincount))
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), '--dvmsr-load-child'], env=env,
+                         capture_output=True, text=True, check=True)
+    quiet, loaded = map(float, out.stdout.split())
+    return quiet, loaded
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='targets only; no grid, no landed run under load')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--dvmsr-load-child', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.dvmsr_load_child:
+        print(*dvmsr_load_ratio(implementations('cpu')['numba']))
+        return
     device = args.device
     impls = implementations(device)
-    print(f'device={device} threads={torch.get_num_threads()} paths={", ".join(impls)}'
+    print(f'device={device} threads={torch.get_num_threads()} paths={", ".join(impls)} '
+          f'GOMP_SPINCOUNT={os.environ.get("GOMP_SPINCOUNT")}'
           + ('' if 'landed' in impls else f' (no git history: landed {LANDED} not measured)'))
     n = 16
     fast = {name: impls[name] for name in ('landed', 'torch', 'numba', 'kernel') if name in impls}
@@ -221,6 +244,10 @@ def main():
                       if not (args.quick and k != 'numba')}
         report('LR 128x128 under load', loaded)
         print('under load / quiet: ' + '  '.join(f'{k} {loaded[k] / quiet[k]:.1f}x' for k in loaded))
+        if 'numba' in nets:
+            default_quiet, default_loaded = dvmsr_load_ratio_child(300000)
+            print(f'numba, libgomp default spin (GOMP_SPINCOUNT=300000, child process): quiet {default_quiet:.3f} s, '
+                  f'under load {default_loaded:.3f} s, {default_loaded / default_quiet:.1f}x')
 
 
 if __name__ == '__main__':

@@ -1,9 +1,14 @@
 """Vision-Mamba super-resolution (DVMSR, MMA) as a BasicSR plugin.
 
 ``import dvmsr_mma`` patches basicsr 1.4.2 for current torch/torchvision (see :mod:`dvmsr_mma.compat`)
-and registers the package's networks and models in BasicSR's registries.
+and registers the package's networks and models in BasicSR's registries. Imported before torch, it also
+shortens OpenMP's spin-wait (see :mod:`dvmsr_mma.openmp_env`).
 """
-from dvmsr_mma import compat
+from dvmsr_mma import openmp_env
+
+openmp_env.set_spin_default()
+
+from dvmsr_mma import compat  # noqa: E402
 
 compat.apply()
 
