@@ -28,7 +28,8 @@ setup(
         # Optional CPU scan compiled at run time (dvmsr_mma/ops/scan_cpu.py), 3.5-4x faster and robust under load;
         # about 210 MB installed (numba 35 MB + llvmlite 173 MB). Without it the PyTorch path runs.
         'numba': ['numba>=0.58'],
-        'test': ['pytest', 'pytest-timeout'],
+        # triton runs the Triton scan's tests in its interpreter; it comes with PyTorch's Linux x86-64 CUDA wheels.
+        'test': ['pytest', 'pytest-timeout', 'triton; platform_system == "Linux" and platform_machine == "x86_64"'],
     },
     entry_points={'console_scripts': ['basicsr = dvmsr_mma.cli:main']},
     license='Apache-2.0',

@@ -1,8 +1,15 @@
-"""Shared test set-up: the ``cuda`` marker skips cleanly on machines without a CUDA device."""
-import cv2
-import numpy as np
-import pytest
-import torch
+"""Shared test set-up: the ``cuda`` marker skips cleanly on machines without a CUDA device; without an NVIDIA GPU,
+Triton kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, read when torch imports triton, so set here
+first) so that tests/test_ops_scan_triton.py checks the real kernels on CPU tensors."""
+import os
+
+if not (os.path.isdir('/proc/driver/nvidia/gpus') and os.listdir('/proc/driver/nvidia/gpus')):
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import dvmsr_mma  # noqa: F401  (patches basicsr and fills the registries before any test imports basicsr)
 

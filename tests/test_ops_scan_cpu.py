@@ -183,7 +183,7 @@ def test_without_numba_the_torch_path_runs(fresh_dispatch):
 
 @pytest.mark.parametrize('value, message', [
     ('kernel', 'DVMSR_MMA_OPS=kernel: selective_scan cannot use the CUDA kernel (the tensors are not on CUDA)'),
-    ('fast', 'DVMSR_MMA_OPS=fast: not a path; use auto, kernel, numba, torch'),
+    ('fast', 'DVMSR_MMA_OPS=fast: not a path; use auto, kernel, triton, numba, torch'),
 ])
 def test_bad_forced_path_is_one_line(fresh_dispatch, value, message):
     fresh_dispatch.setenv(dispatch.ENV_OPS, value)

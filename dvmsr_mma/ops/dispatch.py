@@ -1,9 +1,14 @@
-"""Choice between the optional CUDA kernels, the optional numba CPU scan and the PyTorch path, made per call.
+"""Choice between the optional CUDA kernels, the Triton scan, the optional numba CPU scan and the PyTorch path,
+made per call.
 
-The kernels are optional: ``mamba_ssm`` can import without its compiled ``selective_scan_cuda``
-extension, so the probe imports the compiled modules themselves, once, and caches the answer.
-``DVMSR_MMA_OPS=kernel|numba|torch`` forces a path (``auto``, the default, picks the fastest available);
-forcing one that cannot run is one :class:`~dvmsr_mma.errors.OptionError` line.
+CUDA tensors take the compiled ``mamba_ssm`` / ``causal_conv1d`` kernel when it imports, else the Triton version
+of the op (the selective scan) when ``triton`` imports, else PyTorch; CPU tensors take the numba scan when numba
+imports, else PyTorch. The kernels are optional: ``mamba_ssm`` can import without its compiled
+``selective_scan_cuda`` extension, so the probe imports the compiled modules themselves, once, and caches the
+answer. ``DVMSR_MMA_OPS=kernel|triton|numba|torch`` forces a path (``auto``, the default, picks the fastest
+available); forcing one that cannot run is one :class:`~dvmsr_mma.errors.OptionError` line, and an op without a
+version for the forced path (the conv has no Triton or numba one) runs PyTorch. CPU tensors never take Triton,
+except when ``DVMSR_MMA_OPS=triton`` asks for it under ``TRITON_INTERPRET=1`` (Triton's interpreter: for tests).
 """
 import contextlib
 import importlib
@@ -16,8 +21,9 @@ logger = logging.getLogger(__name__)
 
 ENV_FORCE_TORCH = 'DVMSR_MMA_FORCE_TORCH_OPS'
 ENV_OPS = 'DVMSR_MMA_OPS'
-PATHS = ('kernel', 'numba', 'torch')
+PATHS = ('kernel', 'triton', 'numba', 'torch')
 CPU_COMPILED = {'selective_scan': 'dvmsr_mma.ops.scan_cpu'}  # op -> its numba module (importing it imports numba)
+TRITON = {'selective_scan': 'dvmsr_mma.ops.scan_triton'}  # op -> its Triton module (importing it imports triton)
 
 _force_torch = False
 _probe_cache = {}
@@ -77,28 +83,52 @@ def requested_path() -> str:
     return value
 
 
+def _triton_problem(module_name, on_cuda):
+    """Why the Triton module cannot run these tensors, or None."""
+    module = probe_kernel(module_name)
+    if module is None:
+        return 'triton is not importable (it comes with PyTorch\'s Linux CUDA wheels; else pip install triton)'
+    if not on_cuda and not module.INTERPRETED:
+        return ('the tensors are not on CUDA; Triton runs CPU tensors only in its interpreter (TRITON_INTERPRET=1, '
+                'set before torch is imported)')
+    return None
+
+
 def select(op_name, module_name, *tensors):
-    """The path ``op_name`` takes for these tensors: 'kernel' (CUDA, from ``module_name``), 'numba' (CPU, for
-    the ops in :data:`CPU_COMPILED`) or 'torch'; logs the choice once per op and path."""
+    """The path ``op_name`` takes for these tensors: 'kernel' (CUDA, from ``module_name``), 'triton' (for the ops
+    in :data:`TRITON`), 'numba' (CPU, for the ops in :data:`CPU_COMPILED`) or 'torch'; logs the choice once per op
+    and path."""
     requested = requested_path()
     on_cuda = all(t is None or t.is_cuda for t in tensors)
     on_cpu = not on_cuda and all(t is None or t.device.type == 'cpu' for t in tensors)
     cpu_module = CPU_COMPILED.get(op_name)
+    triton_module = TRITON.get(op_name)
     if requested == 'kernel' and not (on_cuda and probe_kernel(module_name) is not None):
         why = 'the tensors are not on CUDA' if not on_cuda else f'{module_name} is not importable'
         raise OptionError(f'{ENV_OPS}=kernel: {op_name} cannot use the CUDA kernel ({why}); unset {ENV_OPS}')
+    if requested == 'triton' and triton_module:
+        why = _triton_problem(triton_module, on_cuda) if on_cuda or on_cpu else 'the tensors are on mixed devices'
+        if why:
+            raise OptionError(f'{ENV_OPS}=triton: {op_name} cannot use Triton: {why}; unset {ENV_OPS}')
     if requested == 'numba' and cpu_module and on_cpu and probe_kernel(cpu_module) is None:
         raise OptionError(f'{ENV_OPS}=numba: numba is not importable; pip install numba, or unset {ENV_OPS}')
     if requested == 'torch':
         path, text = 'torch', 'PyTorch (forced)'
+    elif requested == 'triton' and triton_module:
+        path, text = 'triton', 'Triton (forced)' + ('' if on_cuda else ', in Triton\'s interpreter')
     elif on_cuda and requested in ('auto', 'kernel') and probe_kernel(module_name) is not None:
         path, text = 'kernel', f'CUDA kernel ({module_name})'
-    elif on_cpu and cpu_module and probe_kernel(cpu_module) is not None:
+    elif on_cuda and requested == 'auto' and triton_module and _triton_problem(triton_module, True) is None \
+            and not probe_kernel(triton_module).INTERPRETED:
+        path, text = 'triton', f'Triton ({module_name} not importable)'
+    elif on_cpu and requested in ('auto', 'numba') and cpu_module and probe_kernel(cpu_module) is not None:
         path, text = 'numba', 'numba-compiled CPU (tensors not on CUDA; without numba, the PyTorch)'
     elif not on_cuda:
         path, text = 'torch', 'PyTorch (tensors not on CUDA)'
+    elif requested != 'auto':
+        path, text = 'torch', f'PyTorch (no {requested} version of this op)'
     else:
-        path, text = 'torch', f'PyTorch ({module_name} not importable)'
+        path, text = 'torch', f'PyTorch ({module_name} not importable' + (', nor triton)' if triton_module else ')')
     key = (op_name, text)
     if key not in _logged:
         _logged.add(key)

@@ -316,8 +316,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     B, C: (b, n, l), (b, g, n, l) or time-invariant (d, n); D, delta_bias: (d,).
 
     Returns (b, d, l) in u's dtype. Runs ``selective_scan_cuda`` (through ``mamba_ssm``) when it is importable
-    and the tensors are on CUDA, the numba scan (:mod:`.scan_cpu`) when numba imports and they are on the CPU,
-    the exact PyTorch path otherwise or when forced (see :mod:`.dispatch`).
+    and the tensors are on CUDA, else the Triton scan (:mod:`.scan_triton`) when triton imports; the numba scan
+    (:mod:`.scan_cpu`) when numba imports and they are on the CPU; the exact PyTorch path otherwise or when forced
+    (see :mod:`.dispatch`).
     ``return_last_state`` (for step-by-step decoding) is not supported.
     """
     if return_last_state:
@@ -327,6 +328,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if path == 'kernel':
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
         return selective_scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    if path == 'triton':
+        from .scan_triton import selective_scan_triton
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if path == 'numba':
         from .scan_cpu import selective_scan_cpu
         return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
