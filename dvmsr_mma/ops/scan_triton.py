@@ -51,7 +51,7 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, o
                 d, n, l, nchunks, channels_per_group,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                 SAVE: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, CHUNK: tl.constexpr):
-    bi = tl.program_id(0)
+    bi = tl.program_id(0).to(tl.int64)  # offsets in int64: b d l may pass 2**31
     ch = tl.program_id(1)
     g = ch // channels_per_group
     s = tl.arange(0, NP)
@@ -105,7 +105,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g
                 d, n, l, nchunks, channels_per_group, gbc_rows,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                 ATOMIC: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CB: tl.constexpr):
-    bi = tl.program_id(0)
+    bi = tl.program_id(0).to(tl.int64)  # offsets in int64: b d l may pass 2**31
     pd = tl.program_id(1)
     ch = pd * BD + tl.arange(0, BD)  # BD channels of one group (BD divides channels_per_group)
     g = (pd * BD) // channels_per_group
@@ -317,7 +317,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
             *u.stride(), *delta.stride(), *(z.stride() if z is not None else (0, 0, 0)),
             *B4.stride(), *C4.stride(), d, n, l, nchunks, cpg, rows,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.delta_softplus, ATOMIC=atomic, NP=np_, BD=bd, T=BWD_BLOCK_T, CB=CHUNK_BLOCKS)
+            SOFTPLUS=ctx.delta_softplus, ATOMIC=atomic, NP=np_, BD=bd, T=BWD_BLOCK_T, CB=CHUNK_BLOCKS, num_warps=8)
         if not atomic:  # rows of bd channels -> groups
             gB, gC = (x.view(b, groups, cpg // bd, np_, l).sum(2) for x in (gB, gC))
         gB, gC = gB[:, :, :n], gC[:, :, :n]
