@@ -282,8 +282,10 @@ import dvmsr_mma.ops.scan_triton as st
 
 ptxas = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'ptxas')
 flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
-kernels = [(st._fwd_kernel, dict(flags, SAVE=True, NP=16, T=st.FWD_BLOCK_T, CHUNK=st.BWD_BLOCK_T * st.CHUNK_BLOCKS), 4),
-           (st._bwd_kernel, dict(flags, ATOMIC=True, NP=16, BD=st.BWD_BLOCK_D, T=st.BWD_BLOCK_T, CB=st.CHUNK_BLOCKS), 8)]
+chunk = st.BWD_BLOCK_T * st.CHUNK_BLOCKS
+kernels = [(st._fwd_kernel, dict(flags, SAVE=True, NP=16, T=st.FWD_BLOCK_T, CHUNK=chunk), st.FWD_NUM_WARPS),
+           (st._bwd_kernel, dict(flags, ATOMIC=True, NP=16, BD=st.BWD_BLOCK_D, T=st.BWD_BLOCK_T, CB=st.CHUNK_BLOCKS),
+            st.BWD_NUM_WARPS)]
 report = []
 for arch in (80, 90):
     for kernel, consts, warps in kernels:

@@ -36,6 +36,9 @@ BWD_BLOCK_T = 64
 CHUNK_BLOCKS = 16
 # Channels per backward program (summed in registers before B/C gradients leave it); a power of two.
 BWD_BLOCK_D = 4
+# Warps per program: with these, ptxas fits both kernels in registers on sm_80 and sm_90 (tested).
+FWD_NUM_WARPS = 4
+BWD_NUM_WARPS = 8
 
 
 @triton.jit
@@ -280,7 +283,8 @@ class _SelectiveScanTriton(torch.autograd.Function):
             *u.stride(), *delta.stride(), *(z.stride() if z is not None else (0, 0, 0)),
             *B4.stride(), *C4.stride(), d, n, l, nchunks, cpg,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), SAVE=save, NP=np_, T=FWD_BLOCK_T, CHUNK=chunk)
+            SOFTPLUS=bool(delta_softplus), SAVE=save, NP=np_, T=FWD_BLOCK_T, CHUNK=chunk,
+            num_warps=FWD_NUM_WARPS)
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
             ctx.delta_softplus = bool(delta_softplus)
@@ -317,7 +321,8 @@ class _SelectiveScanTriton(torch.autograd.Function):
             *u.stride(), *delta.stride(), *(z.stride() if z is not None else (0, 0, 0)),
             *B4.stride(), *C4.stride(), d, n, l, nchunks, cpg, rows,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.delta_softplus, ATOMIC=atomic, NP=np_, BD=bd, T=BWD_BLOCK_T, CB=CHUNK_BLOCKS, num_warps=8)
+            SOFTPLUS=ctx.delta_softplus, ATOMIC=atomic, NP=np_, BD=bd, T=BWD_BLOCK_T, CB=CHUNK_BLOCKS,
+            num_warps=BWD_NUM_WARPS)
         if not atomic:  # rows of bd channels -> groups
             gB, gC = (x.view(b, groups, cpg // bd, np_, l).sum(2) for x in (gB, gC))
         gB, gC = gB[:, :, :n], gC[:, :, :n]
