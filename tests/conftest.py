@@ -14,6 +14,17 @@ import torch  # noqa: E402
 import dvmsr_mma  # noqa: F401  (patches basicsr and fills the registries before any test imports basicsr)
 
 
+@pytest.fixture
+def fresh_dispatch(monkeypatch):
+    """The ops dispatch as in a new process: no probe cached, nothing logged, no path forced; the monkeypatch."""
+    from dvmsr_mma.ops import dispatch
+    monkeypatch.setattr(dispatch, '_probe_cache', {})
+    monkeypatch.setattr(dispatch, '_logged', set())
+    monkeypatch.delenv(dispatch.ENV_FORCE_TORCH, raising=False)
+    monkeypatch.delenv(dispatch.ENV_OPS, raising=False)
+    return monkeypatch
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

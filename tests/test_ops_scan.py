@@ -52,6 +52,19 @@ def make_inputs(b, d, n, l, groups, with_d, with_z, with_bias, seed=0):
     return [u, delta, A, B, C, D, z, bias]
 
 
+# Which optional inputs are present, with or without softplus: none, all, and two mixes.
+OPTIONAL_CASES = pytest.mark.parametrize('with_d,with_z,with_bias,softplus', [
+    (False, False, False, False), (True, True, True, True), (True, False, True, False), (False, True, False, True)])
+
+
+def case_inputs(l, groups, with_d, with_z, with_bias, softplus, seed=0):
+    """``make_inputs(2, 4, 3, l, ...)`` for one case of OPTIONAL_CASES (delta made positive without softplus)."""
+    inputs = make_inputs(2, 4, 3, l, groups, with_d, with_z, with_bias, seed=seed)
+    if not softplus:
+        inputs[1] = inputs[1].abs()
+    return inputs
+
+
 def rel_err(a, b):
     return ((a.double() - b).norm() / b.norm().clamp_min(1e-12)).item()
 
@@ -61,12 +74,9 @@ NAMES = ['u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias']
 
 @pytest.mark.parametrize('l', [1, 7, 37, 129])
 @pytest.mark.parametrize('groups', [0, 2])
-@pytest.mark.parametrize('with_d,with_z,with_bias,softplus', [
-    (False, False, False, False), (True, True, True, True), (True, False, True, False), (False, True, False, True)])
+@OPTIONAL_CASES
 def test_values_and_grads_match_reference(l, groups, with_d, with_z, with_bias, softplus):
-    inputs = make_inputs(2, 4, 3, l, groups, with_d, with_z, with_bias)
-    if not softplus:
-        inputs[1] = inputs[1].abs()
+    inputs = case_inputs(l, groups, with_d, with_z, with_bias, softplus)
     for x in inputs:
         if x is not None:
             x.requires_grad_(True)

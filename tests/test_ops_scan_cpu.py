@@ -10,7 +10,8 @@ import dvmsr_mma.ops.dispatch as dispatch
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.errors import OptionError
 from dvmsr_mma.ops import force_torch_ops, selective_scan
-from test_ops_scan import NAMES, assert_grads_match, make_inputs, reference_scan, rel_err
+from test_ops_scan import (NAMES, OPTIONAL_CASES, assert_grads_match, case_inputs, make_inputs, reference_scan,
+                           rel_err)
 
 numba = pytest.importorskip('numba', reason='the numba CPU scan is optional (pip install numba)')
 scan_cpu = pytest.importorskip('dvmsr_mma.ops.scan_cpu')
@@ -31,13 +32,9 @@ def check_against_reference(inputs, softplus):
 
 @pytest.mark.parametrize('l', [1, 7, 64, 65, 200])  # one checkpoint, exactly one chunk, one step past it, four
 @pytest.mark.parametrize('groups', [0, 2])
-@pytest.mark.parametrize('with_d,with_z,with_bias,softplus', [
-    (False, False, False, False), (True, True, True, True), (True, False, True, False), (False, True, False, True)])
+@OPTIONAL_CASES
 def test_values_and_grads_match_reference(l, groups, with_d, with_z, with_bias, softplus):
-    inputs = make_inputs(2, 4, 3, l, groups, with_d, with_z, with_bias, seed=l)
-    if not softplus:
-        inputs[1] = inputs[1].abs()
-    check_against_reference(inputs, softplus)
+    check_against_reference(case_inputs(l, groups, with_d, with_z, with_bias, softplus, seed=l), softplus)
 
 
 def test_many_lanes_tasks_and_checkpoints():
@@ -147,15 +144,6 @@ def test_dvmsr_forward_same_on_both_paths():
 
 
 # ------------------------------------------------------------------------------------------------ dispatch
-@pytest.fixture
-def fresh_dispatch(monkeypatch):
-    monkeypatch.setattr(dispatch, '_probe_cache', {})
-    monkeypatch.setattr(dispatch, '_logged', set())
-    monkeypatch.delenv(dispatch.ENV_FORCE_TORCH, raising=False)
-    monkeypatch.delenv(dispatch.ENV_OPS, raising=False)
-    return monkeypatch
-
-
 def test_cpu_tensors_take_numba_unless_torch_is_asked(fresh_dispatch):
     inputs = make_inputs(1, 2, 2, 5, 0, False, False, False)
     assert dispatch.select('selective_scan', 'selective_scan_cuda', *inputs) == 'numba'

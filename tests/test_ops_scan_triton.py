@@ -14,7 +14,8 @@ import dvmsr_mma.ops.dispatch as dispatch
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.errors import OptionError
 from dvmsr_mma.ops import force_torch_ops, selective_scan
-from test_ops_scan import NAMES, assert_grads_match, make_inputs, reference_scan, rel_err
+from test_ops_scan import (NAMES, OPTIONAL_CASES, assert_grads_match, case_inputs, make_inputs, reference_scan,
+                           rel_err)
 
 pytest.importorskip('triton', reason='triton is not installed (it comes with PyTorch\'s Linux CUDA wheels)')
 scan_triton = pytest.importorskip('dvmsr_mma.ops.scan_triton')
@@ -61,13 +62,9 @@ def check(inputs, softplus, tol=1e-4):
 
 @pytest.mark.parametrize('l', [1, 7, 70])  # one step; one partial block; 5 blocks in 3 chunks, the last partial
 @pytest.mark.parametrize('groups', [0, 2])
-@pytest.mark.parametrize('with_d,with_z,with_bias,softplus', [
-    (False, False, False, False), (True, True, True, True), (True, False, True, False), (False, True, False, True)])
+@OPTIONAL_CASES
 def test_values_and_grads_match_reference(l, groups, with_d, with_z, with_bias, softplus):
-    inputs = make_inputs(2, 4, 3, l, groups, with_d, with_z, with_bias, seed=l)
-    if not softplus:
-        inputs[1] = inputs[1].abs()
-    check(inputs, softplus)
+    check(case_inputs(l, groups, with_d, with_z, with_bias, softplus, seed=l), softplus)
 
 
 @pytest.mark.parametrize('d, groups', [(6, 2), (8, 4), (8, 1), (5, 5)])  # 1, 2, 4 (capped) and 1 channels per program
@@ -163,15 +160,6 @@ def test_nan_propagates():
 
 
 # ------------------------------------------------------------------------------------------------ dispatch
-@pytest.fixture
-def fresh_dispatch(monkeypatch):
-    monkeypatch.setattr(dispatch, '_probe_cache', {})
-    monkeypatch.setattr(dispatch, '_logged', set())
-    monkeypatch.delenv(dispatch.ENV_FORCE_TORCH, raising=False)
-    monkeypatch.delenv(dispatch.ENV_OPS, raising=False)
-    return monkeypatch
-
-
 class _FakeCuda:
     is_cuda = True
 
