@@ -20,6 +20,7 @@ setup(
         'pyyaml',
         'tqdm',
         'scikit-image',  # the demo's images come from its bundled samples
+        'safetensors',  # .safetensors checkpoints (logger.save_checkpoint_format, pretrain_network_*)
     ],
     extras_require={
         # Optional fast kernels; build only on a CUDA machine. Nothing imports them unconditionally. The ranges are

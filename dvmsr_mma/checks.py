@@ -22,7 +22,12 @@ from PIL import Image
 from torch import nn
 
 from datasets_prep.common import IMG_EXTENSIONS, iter_image_files
+from dvmsr_mma.checkpoint_io import CHECKPOINT_FORMATS
+from dvmsr_mma.distillation_options import NO_TEACHER
 from dvmsr_mma.errors import OptionError
+from dvmsr_mma.nan_guard import NAN_POLICIES
+from dvmsr_mma.precision import AMP_CHOICES
+from dvmsr_mma.train_step import AMP_AWARE
 from dvmsr_mma.weights import check_finite, few_names, load_checkpoint, state_dict_mismatch, without_module_prefix
 
 _MISSING = object()
@@ -43,7 +48,17 @@ WHOLE_NUMBERS = (  # option (* = every dataset), least value, float allowed (Bas
     ('val.val_freq', 1, True, 'val_freq: 5000'),
     ('logger.print_freq', 1, True, 'print_freq: 100'),
     ('logger.save_checkpoint_freq', 1, True, 'save_checkpoint_freq: 5000'),
+    ('train.nan_skip_limit', 1, False, 'nan_skip_limit: 10'),
 )
+CHOICES = (  # option, the values it takes (None: ~); false is off as well where ~ is a choice
+    ('train.amp', AMP_CHOICES),
+    ('val.amp', AMP_CHOICES),
+    ('train.nan_policy', (*NAN_POLICIES, None)),
+    ('logger.save_checkpoint_format', (*CHECKPOINT_FORMATS, None)),
+)
+# options honoured only by a model whose optimize_parameters (train.*) or test (val.amp) is dvmsr_mma's
+AMP_AWARE_OPTIONS = (('train.amp', 'optimize_parameters'), ('train.nan_policy', 'optimize_parameters'),
+                     ('train.nan_skip_limit', 'optimize_parameters'), ('val.amp', 'test'))
 NUMBERS = (('train.optim_g.lr', 'lr: 2.0e-4'), ('train.ema_decay', 'ema_decay: 0.999'))
 _NUMBER = re.compile(r'[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?')
 _TEXT_KEYS = ('name', 'type', 'suffix', 'filename_tmpl', 'path', 'wandb')  # text even if it looks like a number
@@ -98,6 +113,7 @@ def check_options(opt: Mapping[str, Any]) -> None:
     """Raise one OptionError line for the first problem in parsed options (``parse_options``'s output)."""
     _check_required(opt)
     _check_values(opt)
+    _check_choices(opt)
     _check_types(opt)
     scale = opt['scale']
     for phase, dataset_opt in opt['datasets'].items():
@@ -131,7 +147,6 @@ def _check_types(opt: Mapping[str, Any]) -> None:
                 _check_upscale(key, network_opt['type'], cls, kwargs, opt['scale'])
     if opt['is_train'] and opt.get('model_type') == 'DistillationModel' and 'network_t' in opt and not (
             opt['path'].get('pretrain_network_t') or opt.get('auto_resume') or opt['path'].get('resume_state')):
-        from dvmsr_mma.models.distillation_model import NO_TEACHER
         raise OptionError(NO_TEACHER)
 
 
@@ -256,6 +271,28 @@ def _check_values(opt: Mapping[str, Any]) -> None:
             raise OptionError(_not_a_number(option, value, example, whole=False))
     for option, value in _numbers_as_text(opt, ''):
         raise OptionError(_not_a_number(option, value, '', whole=False))
+
+
+def _check_choices(opt: Mapping[str, Any]) -> None:
+    """Each option of :data:`CHOICES` holds one of its values, and the amp / NaN-guard options are set only for a
+    model that honours them (one whose step or test would otherwise ignore them, silently)."""
+    from basicsr.utils.registry import MODEL_REGISTRY
+
+    for option, choices in CHOICES:
+        value = _lookup(opt, option)
+        if value is _MISSING or value in choices or (value is False and None in choices):
+            continue
+        names = ', '.join('~' if choice is None else str(choice) for choice in choices)
+        raise OptionError(f'{option}: {value!r} is not one of {names}')
+    model_type = opt.get('model_type')
+    if not isinstance(model_type, str) or model_type not in MODEL_REGISTRY:
+        return
+    model = MODEL_REGISTRY.get(model_type)
+    for option, method in AMP_AWARE_OPTIONS:
+        value = _lookup(opt, option)
+        if value not in (_MISSING, None, False) and not getattr(getattr(model, method, None), AMP_AWARE, False):
+            raise OptionError(f'{option}: {model_type} has its own {method}, which ignores it; these options work '
+                              'with SRModel and DistillationModel (and models using their step); remove it')
 
 
 def _numbers_as_text(value: Any, where: str) -> Iterator[Tuple[str, str]]:
@@ -451,6 +488,8 @@ def checked_weights(net: nn.Module, path: str, param_key: Optional[str], strict:
     except OptionError as err:
         raise OptionError(f'{option}: {err}') from err
     suffix = option.rsplit('pretrain_network', 1)[-1] if 'pretrain_network' in option else '_g'
+    if path.endswith('.safetensors') and all(hasattr(value, 'shape') for value in state.values()):
+        param_key = None  # a plain .safetensors file (chaiNNer, traiNNer-redux) is one state dict, whatever the key
     if param_key is not None:
         if isinstance(state, Mapping) and param_key not in state and 'params' in state:
             param_key = 'params'  # as BasicSR's load_network

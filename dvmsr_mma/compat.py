@@ -3,10 +3,14 @@
 Every BasicSR fix of this package lives here, applied once by ``import dvmsr_mma`` before anything
 imports ``basicsr``. Each patch names the breakage it fixes and has a test that fails without it, in
 ``tests/test_compat.py`` (the distributed ones in ``tests/test_distributed.py``). What the package adds on top
-of BasicSR is installed from :func:`apply` as well but lives in its own modules: one-line errors for bad
-inputs (``checks.py``) and exact resume (``resume.py``).
+of BasicSR is installed from :func:`apply` as well but lives in its own modules, each with an ``install()``:
+one-line errors for bad inputs (``checks.py``), exact resume (``resume.py``), mixed precision and the NaN guard
+of ``SRModel``'s training step (``train_step.py``) and the state saved on SIGTERM/SIGINT (``stop_signals.py``).
+Imports point down only: those modules (and the models) import leaf modules (``checkpoint_io.py``, ``stops.py``,
+``errors.py``, ...), never this one.
 """
 import difflib
+import functools
 import importlib
 import logging
 import os
@@ -21,6 +25,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from dvmsr_mma.checkpoint_io import CHECKPOINT_FORMATS, atomic_safetensors_save, atomic_torch_save
 from dvmsr_mma.errors import OptionError
 
 _applied = False
@@ -66,9 +71,16 @@ def _load_state(path: str, opt: Dict[str, Any]) -> Dict[str, Any]:
     return torch.load(path, map_location=_resume_map_location(opt), weights_only=False)
 
 
+def _network_file(models: str, stem: str) -> Optional[str]:
+    """``<models>/<stem>.pth`` or ``.safetensors`` (``logger.save_checkpoint_format``), whichever exists."""
+    return next((path for path in (osp.join(models, f'{stem}.{ext}') for ext in CHECKPOINT_FORMATS)
+                 if osp.isfile(path)), None)
+
+
 def _newest_good_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """The newest readable ``<iter>.state`` of the run whose ``net_g_<iter>.pth`` exists too; a truncated or
-    corrupt one (a kill during a save from before saves were atomic, a full disk) is skipped with a warning."""
+    """The newest readable ``<iter>.state`` of the run whose ``net_g_<iter>.pth`` (or ``.safetensors``) exists
+    too; a truncated or corrupt one (a kill during a save from before saves were atomic, a full disk) is skipped
+    with a warning."""
     from basicsr.utils import get_root_logger, scandir
 
     state_dir = _training_states_dir(opt)
@@ -78,8 +90,8 @@ def _newest_good_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     iters = sorted((int(stem) for stem in stems if stem.isdigit()), reverse=True)
     for it in iters:
         path = osp.join(state_dir, f'{it}.state')
-        if not osp.isfile(osp.join(opt['path']['models'], f'net_g_{it}.pth')):
-            get_root_logger().warning(f'Skipping resume state {path}: its net_g_{it}.pth is missing.')
+        if _network_file(opt['path']['models'], f'net_g_{it}') is None:
+            get_root_logger().warning(f'Skipping resume state {path}: its net_g_{it}.pth (or .safetensors) is missing.')
             continue
         try:
             state = _load_state(path, opt)
@@ -112,19 +124,19 @@ def load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         resume_state = None
     if resume_state is not None:
         check_resume(opt, resume_state['iter'])
+        _resume_networks_as_saved(opt)
     return resume_state
 
 
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename: a reader (or a resume after a
-    kill) sees the old file or the complete new one, never a truncated one."""
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+def _resume_networks_as_saved(opt: Dict[str, Any]) -> None:
+    """``check_resume`` points every ``path.pretrain_network_*`` at ``net_*_<iter>.pth``; where the run saved
+    ``.safetensors`` instead, point at that."""
+    for key, path in opt['path'].items():
+        if key.startswith('pretrain_network') and isinstance(path, str) and path.endswith('.pth') and \
+                not osp.isfile(path):
+            found = _network_file(osp.dirname(path), osp.basename(path)[:-len('.pth')])
+            if found is not None:
+                opt['path'][key] = found
 
 
 class _TorchWithAtomicSave(types.ModuleType):
@@ -137,6 +149,30 @@ class _TorchWithAtomicSave(types.ModuleType):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(torch, name)
+
+
+def _saving_network(save_network):
+    """Wrap ``BaseModel.save_network``: with ``logger.save_checkpoint_format: safetensors`` the same
+    ``{param_key: state_dict}`` goes to ``<label>_<iter>.safetensors`` (layout: :mod:`dvmsr_mma.checkpoint_io`),
+    atomically like the ``.pth`` files; upstream writes ``.pth`` only."""
+
+    @functools.wraps(save_network)
+    def wrapper(self, net, net_label, current_iter, param_key='params'):
+        if (self.opt.get('logger') or {}).get('save_checkpoint_format', 'pth') != 'safetensors':
+            return save_network(self, net, net_label, current_iter, param_key)
+        from basicsr.utils.dist_util import get_dist_info
+        if get_dist_info()[0] != 0:  # upstream is master_only
+            return None
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        save_dict = {key: {k[7:] if k.startswith('module.') else k: v  # as upstream: no 'module.' prefix
+                           for k, v in self.get_bare_model(net_).state_dict().items()}
+                     for net_, key in zip(nets, keys)}
+        name = f'{net_label}_{"latest" if current_iter == -1 else current_iter}.safetensors'
+        atomic_safetensors_save(save_dict, osp.join(self.opt['path']['models'], name))
+        return None
+
+    return wrapper
 
 
 def _init_dist_pytorch(backend: str, **kwargs: Any) -> None:
@@ -284,11 +320,14 @@ def apply() -> None:
     dist_util._init_dist_slurm = _init_dist_slurm
     dist_util.init_dist = basicsr.utils.options.init_dist = _init_dist
     base_model.BaseModel.model_to_device = _model_to_device
+    base_model.BaseModel.save_network = _saving_network(base_model.BaseModel.save_network)
     from dvmsr_mma import checks  # one-line errors for bad inputs; installed first so _checked stays outermost
     checks.install()
     basicsr.train.parse_options = _checked(basicsr.train.parse_options)
     basicsr.test.parse_options = _checked(basicsr.test.parse_options)
-    from dvmsr_mma import resume  # imports basicsr: only once the fixes above are in place
+    from dvmsr_mma import resume, stop_signals, train_step  # import basicsr: only after the fixes above
     resume.install()
+    train_step.install()
+    stop_signals.install()
     logging.getLogger('basicsr').debug('dvmsr_mma: basicsr compatibility patches applied')
     _applied = True

@@ -7,6 +7,8 @@ records the random generators (python, numpy, torch) and the number of batches p
 sampler skips the batches the interrupted epoch already used and the generators are restored just before the
 next batch is drawn. Validation runs on copies of the generators so it never shifts the training stream.
 
+An fp16 run's GradScaler state (``train.amp: fp16``) is part of the training state as well.
+
 Exact means bit-identical on CPU with a fixed seed and ``num_worker_per_gpu: 0`` (loader workers re-seed
 themselves) in a single process (only rank 0 writes the state, so other ranks restart their generators).
 """
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from basicsr.data.data_sampler import EnlargedSampler
 
-from dvmsr_mma.compat import atomic_torch_save
+from dvmsr_mma.checkpoint_io import atomic_torch_save
 
 _train_run: Dict[str, Any] = {}  # the train loader of the run in this process: sampler, batch size, batches/epoch
 
@@ -75,8 +77,9 @@ class ResumableSampler(EnlargedSampler):
 
 
 def training_state(model: Any, epoch: int, current_iter: int) -> Dict[str, Any]:
-    """BasicSR's training state plus what exact resume needs (``rng``, ``iters_per_epoch``)."""
-    return {
+    """BasicSR's training state plus what exact resume needs (``rng``, ``iters_per_epoch``, an fp16 run's
+    ``grad_scaler``)."""
+    state = {
         'epoch': epoch,
         'iter': current_iter,
         'optimizers': [o.state_dict() for o in model.optimizers],
@@ -84,6 +87,15 @@ def training_state(model: Any, epoch: int, current_iter: int) -> Dict[str, Any]:
         'rng': rng_state(),
         'iters_per_epoch': _train_run.get('iters_per_epoch'),
     }
+    scaler = getattr(model, 'grad_scaler', None)
+    if scaler is not None and scaler.is_enabled():
+        state['grad_scaler'] = scaler.state_dict()
+    return state
+
+
+def current_epoch() -> int:
+    """The epoch the train sampler of this process's run is in (BasicSR sets it at each epoch's start)."""
+    return _train_run['sampler'].epoch
 
 
 def save_training_state(self, epoch: int, current_iter: int) -> None:
@@ -137,6 +149,9 @@ def _resuming(resume_training):
     @functools.wraps(resume_training)
     def wrapper(self, resume_state):
         resume_training(self, resume_state)
+        scaler = getattr(self, 'grad_scaler', None)
+        if scaler is not None and scaler.is_enabled() and 'grad_scaler' in resume_state:
+            scaler.load_state_dict(resume_state['grad_scaler'])
         restore_position(resume_state)
 
     return wrapper

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from datasets_prep.common import name_list
+from dvmsr_mma.checkpoint_io import nest_param_keys
 from dvmsr_mma.errors import OptionError
 
 
@@ -24,12 +25,7 @@ def load_checkpoint(path: str) -> Any:
     if not os.path.isfile(path):
         raise FileNotFoundError(f'no such weights file: {path}')
     if path.endswith('.safetensors'):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as err:
-            raise OptionError(f'{path}: reading .safetensors needs the safetensors package '
-                              '(pip install safetensors)') from err
-        return load_file(path)
+        return _load_safetensors(path)
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # pickle/zip errors have many types
@@ -41,6 +37,24 @@ def load_checkpoint(path: str) -> Any:
         else:
             reason = f'{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}'
         raise OptionError(f'{path}: not a readable PyTorch checkpoint ({reason})') from err
+
+
+def _load_safetensors(path: str) -> Dict[str, Any]:
+    """A plain state dict, or ``{param_key: state_dict}`` for a training checkpoint of this package (its metadata
+    lists the param keys: :mod:`dvmsr_mma.checkpoint_io`)."""
+    try:
+        from safetensors import safe_open
+    except ImportError as err:
+        raise OptionError(f'{path}: reading .safetensors needs the safetensors package '
+                          '(pip install safetensors)') from err
+    try:
+        with safe_open(path, framework='pt', device='cpu') as f:
+            flat = {name: f.get_tensor(name) for name in f.keys()}
+            metadata = f.metadata()
+    except Exception as err:  # safetensors raises its own error types (header, I/O)
+        raise OptionError(f'{path}: not a readable .safetensors file ({type(err).__name__}: '
+                          f'{str(err).splitlines()[0] if str(err) else ""})') from err
+    return nest_param_keys(flat, metadata)
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:

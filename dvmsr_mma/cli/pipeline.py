@@ -9,6 +9,7 @@ from typing import Callable, Iterator, List
 import yaml
 
 from dvmsr_mma.errors import OptionError
+from dvmsr_mma.stops import TrainingStopped
 
 
 def add_basicsr_flags(parser: argparse.ArgumentParser, train: bool) -> None:
@@ -52,7 +53,8 @@ def _argv(argv: List[str]) -> Iterator[None]:
 def run_pipeline(command: str, description: str, argv: List[str]) -> int:
     """``basicsr train`` / ``basicsr test``: check the command line, then run BasicSR's own pipeline with
     ``argv`` as its command line and the current directory as root, so ``experiments/``, ``results/`` and
-    ``tb_logger/`` (and ``--auto_resume``'s search) share one place."""
+    ``tb_logger/`` (and ``--auto_resume``'s search) share one place. A run stopped on purpose (a non-finite loss,
+    a SIGTERM/SIGINT) has logged why; its exit code is the stop's (1, or 128 + the signal), without a traceback."""
     from dvmsr_mma.cli import OneLineParser
 
     prog = f'basicsr {command}'
@@ -61,5 +63,8 @@ def run_pipeline(command: str, description: str, argv: List[str]) -> int:
     check_option_file(parser.parse_args(argv).opt)
     pipeline: Callable[[str], None] = getattr(importlib.import_module(f'basicsr.{command}'), f'{command}_pipeline')
     with _argv([prog, *argv]):
-        pipeline(os.getcwd())
+        try:
+            pipeline(os.getcwd())
+        except TrainingStopped as stop:
+            return stop.exit_code
     return 0

@@ -46,7 +46,6 @@ and the teacher is reloaded from there.
 Loss: ``l_total = l_pix (+ l_percep) + l_dis``; each is logged separately.
 """
 import os.path as osp
-from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -59,12 +58,12 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
-from dvmsr_mma.compat import atomic_torch_save
+from dvmsr_mma.checkpoint_io import atomic_torch_save
+from dvmsr_mma.distillation_options import NO_TEACHER
 from dvmsr_mma.errors import OptionError
 from dvmsr_mma.resume import training_state
+from dvmsr_mma.train_step import amp_aware, finish_step, sr_losses, training_autocast
 
-NO_TEACHER = ('path.pretrain_network_t is not set: DistillationModel needs the trained teacher weights, '
-              'e.g. experiments/<teacher run>/models/net_g_latest.pth')
 POSITIONS = ('output', 'end', 'mid')
 BLOCK_LISTS = ('layers', 'body')  # DVMSR's RSSBs, MMA's blocks
 _DISTILL_KEYS = ('position', 'layers', 'layers_t', 'blocks', 'blocks_t', 'probe_size')
@@ -308,40 +307,24 @@ class DistillationModel(SRModel):
             self.optimizer_g.add_param_group({'params': adapter_params})
 
     # -------------------------------------------------------------------------------------- training
+    @amp_aware
     def optimize_parameters(self, current_iter):
+        """SRModel's step (``train.amp`` and the NaN guard of :mod:`dvmsr_mma.train_step`) with ``l_dis``; the
+        teacher runs under the same autocast."""
         if not self.teacher_loaded:
             raise OptionError(f'path.pretrain_network_t: no such file: {self.teacher_path}')
         self.optimizer_g.zero_grad()
-        feats_g, self.output = self.taps_g.run(self.net_g, self.lq)
-        with torch.no_grad():
-            feats_t, _ = self.taps_t.run(self.net_t, self.lq)
-
-        l_total = 0
-        loss_dict = OrderedDict()
-        if self.cri_pix:
-            l_pix = self.cri_pix(self.output, self.gt)
-            l_total += l_pix
-            loss_dict['l_pix'] = l_pix
-        if self.cri_perceptual:
-            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
-            if l_percep is not None:
-                l_total += l_percep
-                loss_dict['l_percep'] = l_percep
-            if l_style is not None:
-                l_total += l_style
-                loss_dict['l_style'] = l_style
-        adapted = self.adapters(feats_g)
-        l_dis = sum(self.cri_dis(fs, ft.detach()) for fs, ft in zip(adapted, feats_t)) / len(feats_t)
-        l_total += l_dis
-        loss_dict['l_dis'] = l_dis
-        loss_dict['l_total'] = l_total
-
-        l_total.backward()
-        self.optimizer_g.step()
-        self.log_dict = self.reduce_loss_dict(loss_dict)
-
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
+        with training_autocast(self):
+            feats_g, self.output = self.taps_g.run(self.net_g, self.lq)
+            with torch.no_grad():
+                feats_t, _ = self.taps_t.run(self.net_t, self.lq)
+            loss_dict = sr_losses(self)
+            adapted = self.adapters(feats_g)
+            l_dis = sum(self.cri_dis(fs, ft.detach()) for fs, ft in zip(adapted, feats_t)) / len(feats_t)
+            loss_dict['l_dis'] = l_dis
+            l_total = sum(loss_dict.values())
+            loss_dict['l_total'] = l_total
+        finish_step(self, loss_dict, l_total, current_iter)
 
     # ------------------------------------------------------------------------------ state and resume
     def distillation_state(self) -> Dict[str, Any]:
