@@ -17,6 +17,7 @@ COMMANDS = {  # add a subcommand here: name -> module with HELP and main(argv)
     'lmdb': 'dvmsr_mma.cli.lmdb',
     'infer': 'dvmsr_mma.cli.infer',
     'bench': 'dvmsr_mma.cli.bench',
+    'lam': 'dvmsr_mma.cli.lam',
 }
 
 
