@@ -29,6 +29,11 @@ setup(
         # Optional CPU scan compiled at run time (dvmsr_mma/ops/scan_cpu.py), 3.5-4x faster and robust under load;
         # about 210 MB installed (numba 35 MB + llvmlite 173 MB). Without it the PyTorch path runs.
         'numba': ['numba>=0.58'],
+        # ONNX export (basicsr export: torch.onnx's torch.export-based exporter needs onnxscript) and the
+        # onnxruntime check / basicsr infer --onnx.
+        'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
+        # ArchSupport entries for chaiNNer / ComfyUI's model loader (dvmsr_mma.spandrel).
+        'spandrel': ['spandrel'],
         # triton runs the Triton scan's tests in its interpreter; it comes with PyTorch's Linux x86-64 CUDA wheels.
         'test': ['pytest', 'pytest-timeout', 'triton; platform_system == "Linux" and platform_machine == "x86_64"'],
     },

@@ -29,6 +29,7 @@ from torch import nn
 from datasets_prep.common import IMG_EXTENSIONS, name_list
 from dvmsr_mma.checks import network_arguments_problem
 from dvmsr_mma.errors import OptionError
+from dvmsr_mma.export import OnnxRunner
 from dvmsr_mma.weights import load_weights
 
 # torch.OutOfMemoryError since torch 2.1 (CPU and CUDA); torch.cuda.OutOfMemoryError (same class there) since 1.13
@@ -167,6 +168,64 @@ def build_network(opt: Union[str, Mapping, None] = None, arch: Optional[str] = N
     return net, int(scale), pretrain
 
 
+def load_network(model: Any, scale: Optional[int] = None,
+                 weights: Optional[str] = None) -> Tuple[nn.Module, int]:
+    """The network and scale to run: an ``nn.Module`` as given, or built from an option file / dict or a registry
+    name (:func:`build_network`), with ``weights`` (else the option file's ``path.pretrain_network_g``) loaded
+    strictly. Shared by :class:`SRInferencer` and ``basicsr export``."""
+    if isinstance(model, nn.Module):
+        net = model
+        scale = scale or getattr(model, 'upscale', None)
+        if not scale:
+            raise OptionError('scale is needed for a bare nn.Module without .upscale')
+    elif isinstance(model, str) and not model.endswith(('.yml', '.yaml')) and not os.path.exists(model):
+        net, scale, _ = build_network(arch=model, scale=scale)
+    else:
+        net, scale, pretrain = build_network(opt=model, scale=scale)
+        weights = weights or pretrain
+    if weights:
+        load_weights(net, weights)
+    return net, int(scale)
+
+
+def _onnx_scale(runner: Any, scale: Optional[int], weights: Optional[str], tile: int, device: Optional[str],
+                half: Union[bool, str]) -> int:
+    """The scale of an exported model, after refusing the options it fixes itself (one line each)."""
+    if weights:
+        raise OptionError('--weights: an ONNX model holds its weights; drop --weights')
+    if half:
+        raise OptionError('--fp16/--bf16: an ONNX model computes in the precision it was exported in '
+                          '(basicsr export --fp16); drop the flag')
+    if device not in (None, 'cpu'):
+        raise OptionError(f'--device {device}: ONNX models run on onnxruntime\'s CPU provider; drop --device')
+    if tile and runner.input_size:
+        raise OptionError(f'--tile: {runner.path} takes {runner.input_size[0]}x{runner.input_size[1]} inputs, so '
+                          'that is the tile size; drop --tile (--tile-pad still sets the context)')
+    if scale and scale != runner.scale:
+        raise OptionError(f'--scale {scale}: {runner.path} upscales x{runner.scale}')
+    return runner.scale
+
+
+def tile_spans(n: int, tile: int, pad: int, window: Optional[int] = None) -> List[Tuple[int, int, int, int]]:
+    """Along one image axis of ``n`` pixels: (start, end) of each tile and (start, end) of the input it is run on.
+
+    That input is the tile plus ``pad`` pixels each side, clipped at the border (Real-ESRGAN). With ``window``
+    (a model that takes exactly that many pixels; ``n >= window``) tiles are ``window - 2 pad`` pixels and each
+    input exactly ``window`` pixels, shifted inside the image at the borders (border tiles get their missing
+    context from the inner side); an axis of exactly ``window`` pixels is one input, untiled.
+    """
+    if window:
+        if n <= window:
+            return [(0, n, 0, n)]
+        tile = window - 2 * pad
+    spans = []
+    for start in range(0, n, tile):
+        end = min(start + tile, n)
+        lo = min(max(start - pad, 0), n - window) if window else max(start - pad, 0)
+        spans.append((start, end, lo, lo + window if window else min(end + pad, n)))
+    return spans
+
+
 class SRInferencer:
     """Upscale numpy images (OpenCV layout: HxW gray, HxWx3 BGR, HxWx4 BGRA; uint8 or uint16).
 
@@ -174,33 +233,36 @@ class SRInferencer:
     image) and ``tile_pad`` as Real-ESRGAN: each tile is run with ``tile_pad`` extra pixels of context on every
     side (clipped at the image border) and the matching part of the output is kept. ``half``: True/'fp16' or
     'bf16' runs the network in that dtype (CUDA; bf16 also works on CPU). ``alpha``: 'network' or 'bicubic'.
+    ``model`` can also be an exported ``.onnx`` file or its :class:`~dvmsr_mma.export.OnnxRunner`: the runner is
+    called instead of the network, and a fixed-size one sets the tiles (its input size; ``tile_pad`` of context).
     """
 
     def __init__(self, model: Any, scale: Optional[int] = None, weights: Optional[str] = None, tile: int = 0,
                  tile_pad: int = 10, device: Optional[str] = None, half: Union[bool, str] = False,
                  alpha: str = 'network'):
-        if isinstance(model, nn.Module):
-            net = model
-            scale = scale or getattr(model, 'upscale', None)
-            if not scale:
-                raise OptionError('scale is needed for a bare nn.Module without .upscale')
-        elif isinstance(model, str) and not model.endswith(('.yml', '.yaml')) and not os.path.exists(model):
-            net, scale, _ = build_network(arch=model, scale=scale)
+        if isinstance(model, str) and model.lower().endswith('.onnx'):
+            model = OnnxRunner(model)
+        if isinstance(model, OnnxRunner):
+            net, scale = model, _onnx_scale(model, scale, weights, tile, device, half)
+            device = 'cpu'
         else:
-            net, scale, pretrain = build_network(opt=model, scale=scale)
-            weights = weights or pretrain
-        if weights:
-            load_weights(net, weights)
+            net, scale = load_network(model, scale, weights)
         if alpha not in ('network', 'bicubic'):
             raise OptionError(f"alpha must be 'network' or 'bicubic', got {alpha!r}")
         if tile < 0 or tile_pad < 0:
             raise OptionError('tile and tile_pad must be >= 0')
+        # an exported model of fixed size takes exactly that (h, w): tiles are cut to it (see tile_spans)
+        self.window = net.input_size if isinstance(net, OnnxRunner) else None
+        if self.window and min(self.window) <= 2 * tile_pad:
+            raise OptionError(f'--tile-pad {tile_pad}: the model takes {self.window[0]}x{self.window[1]} tiles, which '
+                              f'leaves no room for {tile_pad} pixels of context on each side; pass --tile-pad '
+                              f'{(min(self.window) - 1) // 2} or less')
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         if self.device.type == 'cuda' and not torch.cuda.is_available():
             raise OptionError('--device cuda: no CUDA device available')
         self.dtype = {False: torch.float32, None: torch.float32, True: torch.float16, 'fp16': torch.float16,
                       'bf16': torch.bfloat16}[half]
-        self.net = net.eval().to(self.device, self.dtype)
+        self.net = net if isinstance(net, OnnxRunner) else net.eval().to(self.device, self.dtype)
         self.scale, self.tile, self.tile_pad, self.alpha = int(scale), int(tile), int(tile_pad), alpha
 
     @torch.no_grad()
@@ -210,6 +272,8 @@ class SRInferencer:
         Out of memory raises :class:`NotEnoughMemory` (see :meth:`_not_enough_memory`)."""
         try:
             x = x.to(self.device, self.dtype)
+            if self.window:
+                return self._run_fixed(x)
             if not self.tile or (x.shape[2] <= self.tile and x.shape[3] <= self.tile):
                 return self.net(x).float().cpu()
             return self._run_tiled(x)
@@ -240,7 +304,16 @@ class SRInferencer:
         return NotEnoughMemory(f'out of memory on {where} upscaling a {w}x{h} image'
                                f'{f" with --tile {self.tile}" if tiled else ""}{amounts_text}; {fix}')
 
-    def _run_tiled(self, x: torch.Tensor) -> torch.Tensor:
+    def _run_fixed(self, x: torch.Tensor) -> torch.Tensor:
+        """Tiles of exactly ``self.window``; an image smaller than that is first padded (edge pixels repeated)
+        and the output cropped back."""
+        h, w = x.shape[2:]
+        wh, ww = self.window
+        if h < wh or w < ww:
+            x = torch.nn.functional.pad(x, (0, max(ww - w, 0), 0, max(wh - h, 0)), mode='replicate')
+        return self._run_tiled(x, self.window)[:, :, :h * self.scale, :w * self.scale]
+
+    def _run_tiled(self, x: torch.Tensor, window: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         b, c, h, w = x.shape
         s, t, p = self.scale, self.tile, self.tile_pad
         try:
@@ -249,12 +322,8 @@ class SRInferencer:
             if not is_out_of_memory(err):
                 raise
             raise NotEnoughMemory(output_too_big(w * s, h * s, b * c)) from err
-        for i in range(math.ceil(h / t)):
-            for j in range(math.ceil(w / t)):
-                y0, x0 = i * t, j * t
-                y1, x1 = min(y0 + t, h), min(x0 + t, w)
-                py0, px0 = max(y0 - p, 0), max(x0 - p, 0)
-                py1, px1 = min(y1 + p, h), min(x1 + p, w)
+        for y0, y1, py0, py1 in tile_spans(h, t, p, window[0] if window else None):
+            for x0, x1, px0, px1 in tile_spans(w, t, p, window[1] if window else None):
                 sr = self.net(x[:, :, py0:py1, px0:px1]).float().cpu()  # padded tile -> its SR
                 oy, ox = (y0 - py0) * s, (x0 - px0) * s
                 out[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = sr[:, :, oy:oy + (y1 - y0) * s, ox:ox + (x1 - x0) * s]

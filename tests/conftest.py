@@ -6,12 +6,13 @@ import os
 if not (os.path.isdir('/proc/driver/nvidia/gpus') and os.listdir('/proc/driver/nvidia/gpus')):
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
+# first: patches basicsr and fills the registries before any test imports basicsr, and sets OpenMP's spin-wait
+# default, which applies only before torch loads (dvmsr_mma/openmp_env.py)
+import dvmsr_mma  # noqa: E402,F401
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-import dvmsr_mma  # noqa: F401  (patches basicsr and fills the registries before any test imports basicsr)
 
 
 @pytest.fixture

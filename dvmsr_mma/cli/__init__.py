@@ -18,6 +18,7 @@ COMMANDS = {  # add a subcommand here: name -> module with HELP and main(argv)
     'infer': 'dvmsr_mma.cli.infer',
     'bench': 'dvmsr_mma.cli.bench',
     'lam': 'dvmsr_mma.cli.lam',
+    'export': 'dvmsr_mma.cli.export',
 }
 
 

@@ -1,13 +1,25 @@
 """``basicsr infer``: upscale an image file or a folder of images with any registered network."""
 import os
 import sys
-from typing import List
+from typing import List, Optional
 
 import yaml
 
 from dvmsr_mma.cli import OneLineParser
 
-HELP = 'upscale images: -opt FILE | --arch TYPE --weights FILE, -i INPUT -o OUTDIR [--tile N]'
+HELP = 'upscale images: -opt FILE | --arch TYPE --weights FILE | --onnx FILE, -i INPUT -o OUTDIR [--tile N]'
+
+
+def require_weights(opt: Optional[str], arch: Optional[str], weights: Optional[str]) -> None:
+    """One line, before anything is built, when the network would run with random weights."""
+    from dvmsr_mma.errors import OptionError
+    if arch and not weights:
+        raise OptionError('--arch needs --weights FILE')
+    if opt and not weights and os.path.isfile(opt):
+        with open(opt, encoding='utf-8') as f:
+            opt_dict = yaml.safe_load(f)
+        if not isinstance(opt_dict, dict) or not (opt_dict.get('path') or {}).get('pretrain_network_g'):
+            raise OptionError(f'-opt: {opt} sets no path.pretrain_network_g; pass --weights FILE')
 
 
 def main(argv: List[str]) -> int:
@@ -15,6 +27,8 @@ def main(argv: List[str]) -> int:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument('-opt', metavar='FILE', help='BasicSR option file (network_g, scale, path.pretrain_network_g)')
     src.add_argument('--arch', metavar='TYPE', help='ARCH_REGISTRY name, built with its default arguments')
+    src.add_argument('--onnx', metavar='FILE', help='a model written by basicsr export (onnxruntime, CPU); a '
+                     'fixed-size one is fed tiles of its size')
     parser.add_argument('--weights', metavar='FILE', help='.pth (BasicSR params_ema/params) or .safetensors; '
                         'overrides the option file\'s pretrain_network_g')
     parser.add_argument('--scale', type=int, help='upscale factor (passed as the network\'s upscale)')
@@ -32,18 +46,13 @@ def main(argv: List[str]) -> int:
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
 
-    from dvmsr_mma.errors import OptionError
+    from dvmsr_mma.export import OnnxRunner
     from dvmsr_mma.infer import SRInferencer, infer_paths, list_inputs, prepare_output_dir
-    if args.arch and not args.weights:
-        raise OptionError('--arch needs --weights FILE')
-    if args.opt and not args.weights and os.path.isfile(args.opt):
-        with open(args.opt, encoding='utf-8') as f:
-            opt = yaml.safe_load(f)
-        if not isinstance(opt, dict) or not (opt.get('path') or {}).get('pretrain_network_g'):
-            raise OptionError(f'-opt: {args.opt} sets no path.pretrain_network_g; pass --weights FILE')
+    require_weights(args.opt, args.arch, args.weights)
     inputs = list_inputs(args.input)
     prepare_output_dir(args.output)  # here, before the weights load and any image runs
-    inferencer = SRInferencer(args.opt or args.arch, scale=args.scale, weights=args.weights, tile=args.tile,
+    model = OnnxRunner(args.onnx) if args.onnx else args.opt or args.arch
+    inferencer = SRInferencer(model, scale=args.scale, weights=args.weights, tile=args.tile,
                               tile_pad=args.tile_pad, device=args.device,
                               half='fp16' if args.fp16 else 'bf16' if args.bf16 else False, alpha=args.alpha)
     written, failed = infer_paths(inferencer, inputs, args.output, progress=not args.quiet)

@@ -1,0 +1,44 @@
+"""``basicsr export``: write a network with its weights as ONNX, checked in onnxruntime against PyTorch."""
+import sys
+from typing import List
+
+from dvmsr_mma.cli import OneLineParser
+
+HELP = 'ONNX export, checked in onnxruntime: -opt FILE | --arch TYPE --weights FILE, --onnx OUT.onnx [--size HxW]'
+
+
+def main(argv: List[str]) -> int:
+    parser = OneLineParser(prog='basicsr export', description=HELP)
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument('-opt', metavar='FILE', help='BasicSR option file (network_g, scale, path.pretrain_network_g)')
+    src.add_argument('--arch', metavar='TYPE', help='ARCH_REGISTRY name, built with its default arguments')
+    parser.add_argument('--weights', metavar='FILE', help='.pth (BasicSR params_ema/params) or .safetensors; '
+                        'overrides the option file\'s pretrain_network_g')
+    parser.add_argument('--scale', type=int, help='upscale factor (passed as the network\'s upscale)')
+    parser.add_argument('--onnx', required=True, metavar='OUT.onnx', help='the file to write (replaced atomically)')
+    parser.add_argument('--size', default='64x64', help='LR input size HxW of the graph (default 64x64: the tile '
+                        'basicsr infer --onnx feeds it)')
+    parser.add_argument('--dynamic', action='store_true', help='symbolic height and width (convolutional '
+                        'networks; the Mamba scan needs a fixed size)')
+    parser.add_argument('--opset', type=int, help='ONNX opset (default: torch\'s)')
+    parser.add_argument('--fp16', action='store_true', help='a float16 graph (float16 input and output)')
+    parser.add_argument('--no-check', action='store_true', help='skip the onnxruntime check')
+    args = parser.parse_args(argv)
+
+    from dvmsr_mma.bench import parse_size
+    from dvmsr_mma.cli.infer import require_weights
+    from dvmsr_mma.export import ExportCheckFailed, export_onnx, require
+    from dvmsr_mma.infer import load_network
+    require_weights(args.opt, args.arch, args.weights)
+    size = parse_size(args.size)
+    for module in ('onnx', 'onnxscript') if args.no_check else ('onnx', 'onnxscript', 'onnxruntime'):
+        require(module)  # before the network is built
+    net, scale = load_network(args.opt or args.arch, args.scale, args.weights)
+    try:
+        result = export_onnx(net, args.onnx, scale, size=size, opset=args.opset, fp16=args.fp16,
+                             dynamic=args.dynamic, check=not args.no_check)
+    except ExportCheckFailed as err:
+        print(f'basicsr export: failed: {err}', file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0
