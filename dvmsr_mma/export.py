@@ -83,7 +83,8 @@ def _random_input(size: Tuple[int, int], seed: int) -> torch.Tensor:
     return torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
-def _ort_session(path: str) -> Any:
+def ort_session(path: str) -> Any:
+    """An onnxruntime session on the CPU provider, quiet (export checks and `basicsr infer --onnx` use it)."""
     ort = require('onnxruntime')
     options = ort.SessionOptions()
     options.log_severity_level = 4  # fatal only: its error lines would repeat what the one-line error says
@@ -206,7 +207,7 @@ def _check(path: str, net: nn.Module, arch: str, size: Tuple[int, int], fp16: bo
            tolerance: float) -> float:
     """The max abs difference at ``size``; :class:`ExportCheckFailed` above ``tolerance`` (or if onnxruntime
     cannot run the graph), one :class:`OptionError` line for a dynamic graph that fails at other sizes."""
-    session = _ort_session(path)
+    session = ort_session(path)
     try:
         diff = _max_abs_diff(session, net, size, 1, fp16)
     except Exception as err:  # onnxruntime's own error types
@@ -233,7 +234,7 @@ class OnnxRunner:
             raise FileNotFoundError(f'--onnx: no such file: {path}')
         require('onnxruntime')
         try:
-            self.session = _ort_session(path)
+            self.session = ort_session(path)
         except Exception as err:  # onnxruntime's own error types
             raise OptionError(f'--onnx: {path} is not a model onnxruntime can load ({_first_line(err)[:300]})') from err
         self.path = path
