@@ -14,7 +14,7 @@ $(STAMP): setup.py
 	$(BIN)/pip install -q setuptools wheel
 	$(BIN)/pip install -q torch torchvision
 	$(BIN)/pip install -q --no-build-isolation basicsr==1.4.2
-	$(BIN)/pip install -q --no-build-isolation -e '.[test,numba,onnx,spandrel]'
+	$(BIN)/pip install -q --no-build-isolation -e '.[train,test,numba,onnx,spandrel]'
 	$(BIN)/python -c 'import cv2' 2>/dev/null || { $(BIN)/pip uninstall -q -y opencv-python opencv-python-headless \
 		&& $(BIN)/pip install -q opencv-python-headless; }
 	touch $@

@@ -10,19 +10,25 @@ setup(
     python_requires='>=3.9',
     packages=find_packages(include=['dvmsr_mma', 'dvmsr_mma.*', 'datasets_prep', 'datasets_prep.*']),
     package_data={'dvmsr_mma': ['demo/*.yml']},
+    # What inference needs (basicsr infer --weights, dvmsr_mma.spandrel in ComfyUI / chaiNNer): no basicsr, which is
+    # an sdist whose build pip runs in isolation (another torch) and which brings OpenCV, LMDB, scikit-image, ...
     install_requires=[
-        'basicsr==1.4.2',
         'torch>=1.13',
-        'torchvision',
         'numpy',
-        'einops',
-        'lmdb',
         'pyyaml',
         'tqdm',
-        'scikit-image',  # the demo's images come from its bundled samples
         'safetensors',  # .safetensors checkpoints (logger.save_checkpoint_format, pretrain_network_*)
     ],
     extras_require={
+        # Training, testing, the demo and dataset preparation: BasicSR's pipelines. Install torch first and this with
+        # --no-build-isolation, so that basicsr builds against that torch (see the README).
+        'train': [
+            'basicsr==1.4.2',
+            'torchvision',
+            'einops',
+            'lmdb',
+            'scikit-image',  # the demo's images come from its bundled samples
+        ],
         # Optional fast kernels; build only on a CUDA machine. Nothing imports them unconditionally. The ranges are
         # the releases whose selective_scan_fn / causal_conv1d_fn signatures the calls were checked against.
         'cuda': ['mamba-ssm>=1.1.1,<2.4', 'causal-conv1d>=1.1.0,<1.7'],

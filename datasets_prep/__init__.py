@@ -5,12 +5,20 @@
 Set5/Set14/B100/Urban100/Manga109 into ``datasets/benchmark/<Set>/{HR,LR_bicubic/X<s>}``.
 Each function returns a ``Summary`` whose ``str()`` is the one-line summary; bad input raises ``PrepError``.
 """
-from datasets_prep.benchmark import arrange_benchmark
+import importlib
+from typing import Any
+
 from datasets_prep.common import PrepError, Summary
-from datasets_prep.extract_subimages import extract_subimages
-from datasets_prep.make_lmdb import make_lmdb
-from datasets_prep.make_lr import make_lr
-from datasets_prep.verify import VerifyError, verify_lmdb
+
+# name -> module: imported on first use, so that ``datasets_prep.common`` (which inference uses) needs no cv2
+_LAZY = {'VerifyError': 'verify', 'verify_lmdb': 'verify', 'extract_subimages': 'extract_subimages',
+         'make_lmdb': 'make_lmdb', 'make_lr': 'make_lr', 'arrange_benchmark': 'benchmark'}
 
 __all__ = ['PrepError', 'VerifyError', 'Summary', 'extract_subimages', 'make_lr', 'make_lmdb', 'verify_lmdb',
            'arrange_benchmark']
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    return getattr(importlib.import_module(f'{__name__}.{_LAZY[name]}'), name)

@@ -169,14 +169,18 @@ def psnr_on(net: nn.Module, scale: int, dataset_dir: str, device: Optional[str] 
 def benchmark(model: Any, scale: Optional[int] = None, size=(256, 256), device: Optional[str] = None,
               runs: int = 10, warmup: int = 2, flops: bool = True, psnr_dir: Optional[str] = None,
               weights: Optional[str] = None) -> Dict[str, Any]:
-    """Everything ``basicsr bench`` prints, as a dict. ``model``: nn.Module, option file/dict or registry name."""
-    from dvmsr_mma.infer import build_network
+    """Everything ``basicsr bench`` prints, as a dict. ``model``: nn.Module, option file/dict or registry name, or
+    None with the ``weights`` of a DVMSR or MMA network (built from their shapes)."""
+    from dvmsr_mma.infer import build_network, load_network
     from dvmsr_mma.weights import load_weights
     if isinstance(size, str):
         size = parse_size(size)
     if isinstance(model, nn.Module):
         net, arch = model, type(model).__name__
         scale = scale or getattr(model, 'upscale', None)
+    elif weights and (model is None or not model.endswith(('.yml', '.yaml'))):  # the checkpoint may describe itself
+        net, scale = load_network(model, scale, weights)
+        arch, weights = model or type(net).__name__, None
     else:
         is_opt = not isinstance(model, str) or model.endswith(('.yml', '.yaml'))
         net, scale, pretrain = build_network(opt=model if is_opt else None, arch=None if is_opt else model,

@@ -23,14 +23,13 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from datasets_prep.common import IMG_EXTENSIONS, name_list
-from dvmsr_mma.checks import network_arguments_problem
+from dvmsr_mma.detect import check_agrees, detect
 from dvmsr_mma.errors import OptionError
 from dvmsr_mma.export import OnnxRunner
-from dvmsr_mma.weights import load_weights
+from dvmsr_mma.weights import load_weights, read_state_dict
 
 # torch.OutOfMemoryError since torch 2.1 (CPU and CUDA); torch.cuda.OutOfMemoryError (same class there) since 1.13
 _TORCH_OOM = getattr(torch, 'OutOfMemoryError', torch.cuda.OutOfMemoryError)
@@ -132,9 +131,16 @@ def build_network(opt: Union[str, Mapping, None] = None, arch: Optional[str] = N
     ``opt``: a BasicSR test/train option file (or its dict): ``network_g`` + ``scale``. ``arch``: any
     ``ARCH_REGISTRY`` name built with its default arguments, plus ``upscale=scale`` when ``scale`` is given.
     """
-    import basicsr.archs  # noqa: F401  (BasicSR's own networks, e.g. SRVGGNetCompact)
+    import yaml
+    try:
+        import basicsr.archs  # noqa: F401  (BasicSR's own networks, e.g. SRVGGNetCompact)
+    except ModuleNotFoundError as err:
+        raise OptionError(f'{"-opt" if opt is not None else f"--arch {arch}"} needs basicsr (its registry of '
+                          'networks), which is not installed; pass only --weights FILE for a DVMSR or MMA '
+                          'checkpoint, or pip install --no-build-isolation basicsr==1.4.2') from err
     import dvmsr_mma  # noqa: F401  (fills the registries)
     from basicsr.utils.registry import ARCH_REGISTRY
+    from dvmsr_mma.checks import network_arguments_problem
     if (opt is None) == (arch is None):
         raise OptionError('give exactly one of -opt FILE or --arch TYPE')
     pretrain = None
@@ -168,17 +174,43 @@ def build_network(opt: Union[str, Mapping, None] = None, arch: Optional[str] = N
     return net, int(scale), pretrain
 
 
+def detect_network(weights: str, arch: Optional[str] = None, scale: Optional[int] = None,
+                   required: bool = True) -> Optional[Tuple[nn.Module, int]]:
+    """The DVMSR or MMA network ``weights`` holds (every size read from its shapes: :mod:`dvmsr_mma.detect`),
+    with the weights loaded; ``arch`` / ``scale``, when given, must agree (one line otherwise). What ``basicsr
+    infer`` / ``export`` / ``lam`` / ``bench --weights W`` build without ``--arch``; needs no basicsr. A checkpoint
+    of another network is one line, or None when not ``required`` (``--arch`` then builds it)."""
+    state = read_state_dict(weights)
+    found = detect(state)
+    if found is None:
+        if not required:
+            return None
+        raise OptionError(f'--weights: cannot tell the network of {weights} from its tensors (DVMSR and MMA '
+                          'checkpoints are recognized); pass --arch TYPE or -opt FILE')
+    check_agrees(found, weights, arch, scale)
+    return load_weights(found.build(), weights, state), found.scale
+
+
 def load_network(model: Any, scale: Optional[int] = None,
                  weights: Optional[str] = None) -> Tuple[nn.Module, int]:
-    """The network and scale to run: an ``nn.Module`` as given, or built from an option file / dict or a registry
-    name (:func:`build_network`), with ``weights`` (else the option file's ``path.pretrain_network_g``) loaded
-    strictly. Shared by :class:`SRInferencer` and ``basicsr export``."""
+    """The network and scale to run: an ``nn.Module`` as given; for None or a registry name with ``weights`` of a
+    DVMSR or MMA network, the network those weights describe (:func:`detect_network`); else built from an option
+    file / dict or a registry name (:func:`build_network`), with ``weights`` (else the option file's
+    ``path.pretrain_network_g``) loaded strictly. Shared by :class:`SRInferencer`, ``basicsr export``, ``lam``
+    and ``bench``."""
     if isinstance(model, nn.Module):
         net = model
         scale = scale or getattr(model, 'upscale', None)
         if not scale:
             raise OptionError('scale is needed for a bare nn.Module without .upscale')
+    elif model is None:
+        if not weights:
+            raise OptionError('give -opt FILE, --arch TYPE or --weights FILE')
+        return detect_network(weights, None, scale)
     elif isinstance(model, str) and not model.endswith(('.yml', '.yaml')) and not os.path.exists(model):
+        found = detect_network(weights, model, scale, required=False) if weights else None
+        if found:
+            return found
         net, scale, _ = build_network(arch=model, scale=scale)
     else:
         net, scale, pretrain = build_network(opt=model, scale=scale)
@@ -229,7 +261,8 @@ def tile_spans(n: int, tile: int, pad: int, window: Optional[int] = None) -> Lis
 class SRInferencer:
     """Upscale numpy images (OpenCV layout: HxW gray, HxWx3 BGR, HxWx4 BGRA; uint8 or uint16).
 
-    ``model``: an ``nn.Module``, an option file / dict, or a registry name. ``tile`` (LR pixels, 0 = whole
+    ``model``: an ``nn.Module``, an option file / dict, a registry name, or None with ``weights`` of a DVMSR or
+    MMA network (built from their shapes, without basicsr: :func:`load_network`). ``tile`` (LR pixels, 0 = whole
     image) and ``tile_pad`` as Real-ESRGAN: each tile is run with ``tile_pad`` extra pixels of context on every
     side (clipped at the image border) and the matching part of the output is kept. ``half``: True/'fp16' or
     'bf16' runs the network in that dtype (CUDA; bf16 also works on CPU). ``alpha``: 'network' or 'bicubic'.
@@ -237,7 +270,7 @@ class SRInferencer:
     called instead of the network, and a fixed-size one sets the tiles (its input size; ``tile_pad`` of context).
     """
 
-    def __init__(self, model: Any, scale: Optional[int] = None, weights: Optional[str] = None, tile: int = 0,
+    def __init__(self, model: Any = None, scale: Optional[int] = None, weights: Optional[str] = None, tile: int = 0,
                  tile_pad: int = 10, device: Optional[str] = None, half: Union[bool, str] = False,
                  alpha: str = 'network'):
         if isinstance(model, str) and model.lower().endswith('.onnx'):

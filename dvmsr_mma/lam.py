@@ -274,16 +274,20 @@ def sr_image(sr: np.ndarray) -> np.ndarray:
 
 
 def load_network(model: Any, scale: Optional[int] = None, weights: Optional[str] = None) -> Tuple[nn.Module, int]:
-    """(network with its weights, scale) from an option file / dict or an ``ARCH_REGISTRY`` name, built as
-    ``basicsr infer`` and ``bench`` build it (:func:`dvmsr_mma.infer.build_network`, loaded strictly). Weights
+    """(network with its weights, scale) from an option file / dict, an ``ARCH_REGISTRY`` name or (None) the weights
+    of a DVMSR or MMA network alone, built as ``basicsr infer`` and ``bench`` build it
+    (:func:`dvmsr_mma.infer.load_network`, loaded strictly). Weights
     are required: the option file's ``path.pretrain_network_g`` or ``weights``; a map of random weights says
     nothing about a network (the Python API takes any ``nn.Module``, random ones included)."""
     from dvmsr_mma.infer import build_network
+    from dvmsr_mma.infer import load_network as load_with_weights
     from dvmsr_mma.weights import load_weights
-    is_opt = not isinstance(model, str) or model.endswith(('.yml', '.yaml'))
+    is_opt = model is not None and (not isinstance(model, str) or model.endswith(('.yml', '.yaml')))
     if not is_opt and not weights:
-        raise OptionError('--arch needs --weights FILE')
-    net, scale, pretrain = build_network(opt=model if is_opt else None, arch=None if is_opt else model, scale=scale)
+        raise OptionError('--arch needs --weights FILE' if model else 'give --weights FILE or -opt FILE')
+    if not is_opt:  # a DVMSR or MMA checkpoint describes itself; --arch, if given, must agree
+        return load_with_weights(model, scale, weights)
+    net, scale, pretrain = build_network(opt=model, scale=scale)
     weights = weights or pretrain
     if not weights:
         raise OptionError(f'-opt: {model if isinstance(model, str) else "the options"} set no '

@@ -4,7 +4,7 @@ no NaN/Inf values. Shared by ``basicsr infer`` / ``bench`` and the checks BasicS
 import os
 import zipfile
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, Mapping
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -109,10 +109,11 @@ def check_finite(state: Mapping[str, Any], path: str) -> None:
                           'the checkpoint is broken (e.g. saved after training diverged): use an earlier one')
 
 
-def load_weights(net: nn.Module, path: str) -> nn.Module:
+def load_weights(net: nn.Module, path: str, state: Optional[Mapping[str, Any]] = None) -> nn.Module:
     """Strict load; a mismatch raises one :class:`OptionError` line naming a few keys of each kind + counts, and
-    NaN/Inf weights one line naming the tensor (:func:`check_finite`)."""
-    state = read_state_dict(path)
+    NaN/Inf weights one line naming the tensor (:func:`check_finite`). ``state``: what :func:`read_state_dict`
+    returned for ``path`` already (so the file is read once)."""
+    state = read_state_dict(path) if state is None else state
     mismatch = state_dict_mismatch(net.state_dict(), state)
     if mismatch:
         raise OptionError(f'{path} does not fit {type(net).__name__}: {mismatch}')

@@ -176,7 +176,8 @@ def test_onnx_tiling_matches_the_network_on_the_same_tiles(exported):
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--arch', 'NoSuchNet', '--weights', '{dir}/w.pth', '--onnx', '{tmp}/m.onnx'], "'NoSuchNet' is not registered"),
+    (['--arch', 'NoSuchNet', '--weights', '{dir}/w.pth', '--onnx', '{tmp}/m.onnx'], 'w.pth holds DVMSR x2 (8nf'),
+    (['--arch', 'NoSuchNet', '--weights', '{dir}/o.yml', '--onnx', '{tmp}/m.onnx'], 'not a readable PyTorch'),
     (['-opt', '{dir}/o.yml', '--onnx', '{tmp}/m.onnx', '--size', '0x8'], '--size: expected HxW'),
     (['-opt', '{dir}/o.yml', '--onnx', '{tmp}/m.txt', '--size', '8x8'], 'must end in .onnx'),
     (['-opt', '{dir}/o.yml', '--onnx', '{tmp}/missing/m.onnx', '--size', '8x8'], '--onnx: no such folder'),

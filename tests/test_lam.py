@@ -306,9 +306,9 @@ def test_command_writes_map_sr_and_json(tiny_setup, capsys):
 
 def test_command_matlab_lr_is_labelled(tiny_setup, capsys):
     s = tiny_setup
-    assert cli_main(['lam', '--arch', 'DVMSR', '--weights', s['weights'], '-i', s['image'], '--window', '2,2',
+    assert cli_main(['lam', '--arch', 'MMA', '--weights', s['weights'], '-i', s['image'], '--window', '2,2',
                      '--window-size', '8', '--fold', '2', '--lr', 'matlab', '--device', 'cpu', '-o', s['out'],
-                     '--quiet']) == 2  # default DVMSR (x4, 60 channels) does not fit the tiny checkpoint: one line
+                     '--quiet']) == 2  # the checkpoint holds a DVMSR, not the MMA --arch names: one line
     assert capsys.readouterr().err.count('\n') == 1
     assert cli_main(['lam', '-opt', s['opt'], '-i', s['image'], '--window', '2,2', '--window-size', '8',
                      '--fold', '2', '--lr', 'matlab', '--device', 'cpu', '-o', s['out'], '--quiet']) == 0

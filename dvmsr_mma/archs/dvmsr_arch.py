@@ -10,7 +10,7 @@ import torch
 import torch.utils.checkpoint as checkpoint
 from torch import nn
 
-from basicsr.utils.registry import ARCH_REGISTRY
+from dvmsr_mma.archs.arch_util import Upsample, register_arch
 from dvmsr_mma.archs.mamba_block import DropPath, Mamba
 
 __all__ = ['DVMSR', 'RSSB', 'ViMM']
@@ -102,7 +102,7 @@ def trunc_normal_(tensor, std=1., a=-2., b=2.):
         return tensor.mul_(std * math.sqrt(2.)).clamp_(min=a, max=b)
 
 
-@ARCH_REGISTRY.register()
+@register_arch
 class DVMSR(nn.Module):
     """DVMSR; defaults are the released x4 model (embed_dim 60, depths [2, 2, 2, 2], 424,428 parameters).
 
@@ -208,7 +208,6 @@ class DVMSR(nn.Module):
             self.upsample = nn.Sequential(
                 nn.Conv2d(embed_dim, upscale**2 * num_out_ch, 3, 1, 1), nn.PixelShuffle(upscale))
         elif upsampler == 'pixelshuffle':
-            from basicsr.archs.arch_util import Upsample
             self.conv_before_upsample = nn.Sequential(
                 nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
             self.upsample = Upsample(upscale, num_feat)

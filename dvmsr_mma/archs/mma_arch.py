@@ -12,8 +12,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
 from torch import nn
 
-from basicsr.archs.arch_util import Upsample
-from basicsr.utils.registry import ARCH_REGISTRY
+from dvmsr_mma.archs.arch_util import Upsample, register_arch
 from dvmsr_mma.archs.mamba_block import Mamba
 
 __all__ = ['MMA', 'MMABlock', 'MMA_B', 'MMA_T']
@@ -128,7 +127,7 @@ class MMABlock(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
-@ARCH_REGISTRY.register()
+@register_arch
 class MMA(nn.Module):
     """MMA with the official constructor (defaults included: ``img_range=255.``, ``num_feat=64``,
     ``num_block=16``; the official option files pass ``img_range: 1.`` and the sizes explicitly, and so do
@@ -188,7 +187,7 @@ def _lists_mma_arguments(preset):
     return preset
 
 
-@ARCH_REGISTRY.register()
+@register_arch
 @_lists_mma_arguments
 def MMA_B(upscale=2, **overrides):  # noqa: N802  (registered name used as YAML `type:`)
     """MMA-B (classic SR, the paper's "MMA"): C = 192, K = 24; 19,824,627 / 21,484,467 / 21,152,499 parameters at
@@ -198,7 +197,7 @@ def MMA_B(upscale=2, **overrides):  # noqa: N802  (registered name used as YAML 
     return MMA(**cfg)
 
 
-@ARCH_REGISTRY.register()
+@register_arch
 @_lists_mma_arguments
 def MMA_T(upscale=2, **overrides):  # noqa: N802
     """MMA-T (lightweight SR): C = 48, K = 12; 795,735 / 899,655 / 878,871 parameters at x2 / x3 / x4.

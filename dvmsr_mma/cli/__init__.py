@@ -8,6 +8,7 @@ import sys
 from typing import List, Optional
 
 from dvmsr_mma.errors import OptionError
+from dvmsr_mma.utils import basicsr_importable
 
 COMMANDS = {  # add a subcommand here: name -> module with HELP and main(argv)
     'train': 'dvmsr_mma.cli.train',
@@ -20,6 +21,12 @@ COMMANDS = {  # add a subcommand here: name -> module with HELP and main(argv)
     'lam': 'dvmsr_mma.cli.lam',
     'export': 'dvmsr_mma.cli.export',
 }
+
+
+NEEDS_BASICSR = {'train', 'test', 'demo', 'prep', 'lmdb'}  # BasicSR's pipelines, imresize, LMDB writer
+# what to install for a module an inference-only install lacks
+_INSTALL = {'basicsr': 'pip install --no-build-isolation basicsr==1.4.2 (after torch; see the README)',
+            'cv2': 'pip install opencv-python-headless'}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -43,9 +50,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('command', choices=list(COMMANDS), metavar='COMMAND', help=', '.join(COMMANDS))
     parser.add_argument('args', nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     ns = parser.parse_args(argv[:1])
-    command = importlib.import_module(COMMANDS[ns.command])
     try:
-        return command.main(argv[1:]) or 0
+        if ns.command in NEEDS_BASICSR and not basicsr_importable():
+            raise ModuleNotFoundError('basicsr', name='basicsr')  # before its arguments are checked
+        return importlib.import_module(COMMANDS[ns.command]).main(argv[1:]) or 0
     except (OptionError, FileNotFoundError) as err:
         print(f'basicsr {ns.command}: error: {err}', file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # an inference-only install (ComfyUI, chaiNNer) has no basicsr, maybe no cv2
+        missing = (err.name or '').split('.')[0]
+        if missing not in _INSTALL:
+            raise
+        print(f'basicsr {ns.command}: error: {missing} is not installed, and this command needs it: '
+              f'{_INSTALL[missing]}', file=sys.stderr)
         return 2

@@ -3,18 +3,14 @@ import sys
 from typing import List
 
 from dvmsr_mma.cli import OneLineParser
+from dvmsr_mma.cli.network_args import add_network_arguments, network_source
 
-HELP = 'ONNX export, checked in onnxruntime: -opt FILE | --arch TYPE --weights FILE, --onnx OUT.onnx [--size HxW]'
+HELP = 'ONNX export, checked in onnxruntime: --weights FILE | -opt FILE, --onnx OUT.onnx [--dynamic | --size HxW]'
 
 
 def main(argv: List[str]) -> int:
     parser = OneLineParser(prog='basicsr export', description=HELP)
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument('-opt', metavar='FILE', help='BasicSR option file (network_g, scale, path.pretrain_network_g)')
-    src.add_argument('--arch', metavar='TYPE', help='ARCH_REGISTRY name, built with its default arguments')
-    parser.add_argument('--weights', metavar='FILE', help='.pth (BasicSR params_ema/params) or .safetensors; '
-                        'overrides the option file\'s pretrain_network_g')
-    parser.add_argument('--scale', type=int, help='upscale factor (passed as the network\'s upscale)')
+    add_network_arguments(parser)
     parser.add_argument('--onnx', required=True, metavar='OUT.onnx', help='the file to write (replaced atomically)')
     parser.add_argument('--size', default='64x64', help='LR input size HxW of the graph (default 64x64: the tile '
                         'basicsr infer --onnx feeds it)')
@@ -26,14 +22,13 @@ def main(argv: List[str]) -> int:
     args = parser.parse_args(argv)
 
     from dvmsr_mma.bench import parse_size
-    from dvmsr_mma.cli.infer import require_weights
     from dvmsr_mma.export import ExportCheckFailed, export_onnx, require
     from dvmsr_mma.infer import load_network
-    require_weights(args.opt, args.arch, args.weights)
+    source = network_source(args)
     size = parse_size(args.size)
     for module in ('onnx', 'onnxscript') if args.no_check else ('onnx', 'onnxscript', 'onnxruntime'):
         require(module)  # before the network is built
-    net, scale = load_network(args.opt or args.arch, args.scale, args.weights)
+    net, scale = load_network(source, args.scale, args.weights)
     try:
         result = export_onnx(net, args.onnx, scale, size=size, opset=args.opset, fp16=args.fp16,
                              dynamic=args.dynamic, check=not args.no_check)

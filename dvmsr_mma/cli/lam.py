@@ -4,18 +4,14 @@ import os
 from typing import List
 
 from dvmsr_mma.cli import OneLineParser
+from dvmsr_mma.cli.network_args import add_network_arguments, network_source
 
-HELP = 'LAM + diffusion index: -opt FILE | --arch TYPE --weights FILE, -i HR_IMAGE --window ROW,COL -o OUTDIR'
+HELP = 'LAM + diffusion index: --weights FILE | -opt FILE, -i HR_IMAGE --window ROW,COL -o OUTDIR'
 
 
 def main(argv: List[str]) -> int:
     parser = OneLineParser(prog='basicsr lam', description=HELP)
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument('-opt', metavar='FILE', help='BasicSR option file (network_g, scale, path.pretrain_network_g)')
-    src.add_argument('--arch', metavar='TYPE', help='ARCH_REGISTRY name, built with its default arguments')
-    parser.add_argument('--weights', metavar='FILE', help='.pth (BasicSR params_ema/params) or .safetensors; '
-                        'overrides the option file\'s pretrain_network_g')
-    parser.add_argument('--scale', type=int, help='upscale factor (passed as the network\'s upscale)')
+    add_network_arguments(parser)
     parser.add_argument('-i', '--input', required=True, metavar='HR_IMAGE',
                         help='HR image; cropped to a multiple of the scale and downscaled to make the LR input')
     parser.add_argument('--window', required=True, metavar='ROW,COL',
@@ -40,6 +36,7 @@ def main(argv: List[str]) -> int:
     from dvmsr_mma.infer import prepare_output_dir
     from dvmsr_mma.lam import (attribution_of_image, check_alpha, load_network, parse_window, read_hr, render_map,
                                settings, sr_image)
+    source = network_source(args, weights_needed=False)  # dvmsr_mma.lam.load_network names what is missing
     window = parse_window(args.window)
     check_alpha(args.alpha)
     hr = read_hr(args.input)
@@ -47,7 +44,7 @@ def main(argv: List[str]) -> int:
     if device == 'cuda' and not torch.cuda.is_available():
         raise OptionError('--device cuda: no CUDA device available')
     prepare_output_dir(args.output)
-    net, scale = load_network(args.opt or args.arch, scale=args.scale, weights=args.weights)
+    net, scale = load_network(source, scale=args.scale, weights=args.weights)
     result, lr = attribution_of_image(net, scale, hr, window, window_size=args.window_size, fold=args.fold,
                                       sigma=args.sigma, kernel_size=args.kernel_size, lr_mode=args.lr,
                                       batch=args.batch, device=device, progress=not args.quiet)
@@ -59,7 +56,7 @@ def main(argv: List[str]) -> int:
         if not ok:
             raise OptionError(f'could not encode {paths[kind]}')
         buf.tofile(paths[kind])
-    record = {'image': args.input, 'network': args.arch or args.opt, 'weights': args.weights, 'scale': scale,
+    record = {'image': args.input, 'network': args.arch or args.opt or type(net).__name__, 'weights': args.weights, 'scale': scale,
               'di': round(result.di, 4), **settings(window, args.window_size, args.fold, args.sigma,
                                                     args.kernel_size, args.lr),
               'hr_size': [lr.shape[0] * scale, lr.shape[1] * scale], 'lr_size': list(lr.shape[:2]), 'device': device}
