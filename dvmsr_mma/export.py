@@ -1,17 +1,19 @@
 """ONNX export of a network (DVMSR, MMA or any registered one), checked in onnxruntime, and :class:`OnnxRunner`,
 which runs an exported model where :class:`~dvmsr_mma.infer.SRInferencer` would run the torch network.
 
-The graph is made by ``torch.export`` (``torch.onnx.export(dynamo=True)``, which needs ``onnxscript``) on the
-exact PyTorch ops path (:func:`~dvmsr_mma.ops.force_torch_ops`), never the CUDA kernels or the numba scan. The
-TorchScript exporter is not used: it traced the scan inside the PyTorch path's ``autograd.Function`` into
-constants (86 nodes for a tiny DVMSR, right on the traced input only; a tiny MMA-T was off by 1.6e-3 even there).
-For the same reason the check runs a second random input, never the one the graph was made with.
+The graph is made by ``torch.export`` (``torch.onnx.export(dynamo=True)``, which needs ``onnxscript``), never on
+the CUDA kernels or the numba scan. The TorchScript exporter is not used: it traced the scan inside the PyTorch
+path's ``autograd.Function`` into constants (86 nodes for a tiny DVMSR, right on the traced input only; a tiny
+MMA-T was off by 1.6e-3 even there). For the same reason the check runs a second random input, never the one the
+graph was made with.
 
-The scan cuts the h*w tokens into about sqrt(h*w) chunks with Python loops, so one graph holds one input size:
-fixed size by default (64x64 LR, the tile a tiled runner feeds it). ``dynamic=True`` asks ``torch.export`` for a
-symbolic height and width and checks the graph in onnxruntime at two more sizes; for a network that cannot (the
-Mamba ones) it is one line saying to export a fixed size. Convolutional networks export dynamic (tested:
-BasicSR's SRVGGNetCompact).
+Two kinds of graph. Fixed size (the default, ``--size``, 64x64 LR): the exact PyTorch path
+(:func:`~dvmsr_mma.ops.force_torch_ops`), whose scan cuts the h*w tokens into about sqrt(h*w) chunks with Python
+loops, so the graph unrolls them for that one size. ``dynamic=True``: a symbolic height and width, with the scan
+whose graph does not depend on the length (:mod:`dvmsr_mma.ops.scan_graph`: fixed-length chunks, two ONNX
+``Scan`` loops; ``ops_path('graph')``), checked in onnxruntime at the traced size, twice it and an odd size.
+Convolutional networks export dynamic as they are (tested: BasicSR's SRVGGNetCompact). Either way the nodes'
+debugging metadata (torch's stack traces, 4.5 MB of a 6.7 MB DVMSR file) is dropped.
 """
 import copy
 import importlib
@@ -25,6 +27,8 @@ from torch import nn
 
 from dvmsr_mma.errors import OptionError
 from dvmsr_mma.ops import force_torch_ops
+from dvmsr_mma.ops.dispatch import ops_path
+from dvmsr_mma.ops.scan_graph import CHUNK
 
 FP32_TOLERANCE = 1e-4
 # An fp16 graph is checked against the fp32 PyTorch network. Measured on the released DVMSR x4, 64x64 uniform-noise
@@ -168,9 +172,11 @@ def export_onnx(net: nn.Module, path: str, scale: int, size: Tuple[int, int] = (
     graph_net = copy.deepcopy(net).half() if fp16 else net
     tmp = _temp_path(path)
     try:
-        program = _onnx_program(graph_net, sample.half() if fp16 else sample, arch, opset, dynamic)
+        trace = _random_input(_trace_size(size), 0) if dynamic else sample
+        program = _onnx_program(graph_net, trace.half() if fp16 else trace, arch, opset, dynamic)
         # unique value names: unoptimized, a node output can take a buffer's name (MMA's mean: ReduceMean 'mean')
         require('onnx_ir').passes.common.NameFixPass()(program.model)
+        _drop_node_metadata(program.model)
         program.model.metadata_props.update({METADATA_SCALE: str(scale), METADATA_ARCH: arch})
         program.save(tmp, external_data=False)
         opset_used = next((op.version for op in require('onnx').load(tmp).opset_import
@@ -186,13 +192,32 @@ def export_onnx(net: nn.Module, path: str, scale: int, size: Tuple[int, int] = (
             os.remove(tmp)
 
 
+def _trace_size(size: Tuple[int, int]) -> Tuple[int, int]:
+    """What a dynamic graph is traced at: ``size`` times the smallest integer that leaves no size of 1 in the
+    graph, the scan's chunk count included (1 up to :data:`~dvmsr_mma.ops.scan_graph.CHUNK` tokens), since
+    torch.export fixes those (its 0/1 rule) and the graph would fail at other sizes; an integer multiple keeps what
+    the network asks of sizes (multiples of a window, a pixel-unshuffle factor)."""
+    h, w = size
+    m = 1
+    while min(h, w) * m < 2 or h * w * m * m <= CHUNK:
+        m += 1
+    return h * m, w * m
+
+
+def _drop_node_metadata(model: Any) -> None:
+    """Clear every node's metadata (Scan bodies included): torch's stack traces, class hierarchies and FX names,
+    for debugging the exporter; onnxruntime ignores them."""
+    for node in require('onnx_ir').traversal.RecursiveGraphIterator(model.graph):
+        node.metadata_props.clear()
+
+
 def _onnx_program(net: nn.Module, sample: torch.Tensor, arch: str, opset: Optional[int], dynamic: bool) -> Any:
-    """torch.export -> ONNX on the PyTorch ops path; a failure is one line. Without onnxscript's graph optimizer:
-    on the released DVMSR x4 at 64x64 (20,574 nodes) it took 970 s after a 129 s export, and onnxruntime
-    optimizes the graph itself when it loads it."""
+    """torch.export -> ONNX on the PyTorch ops path (dynamic: its length-independent scan); a failure is one
+    line. Without onnxscript's graph optimizer: on the released DVMSR x4 at 64x64 (20,574 nodes) it took 970 s after
+    a 129 s export, and onnxruntime optimizes the graph itself when it loads it."""
     dynamic_shapes = ({2: torch.export.Dim('height'), 3: torch.export.Dim('width')}, ) if dynamic else None
     try:
-        with torch.no_grad(), force_torch_ops():
+        with torch.no_grad(), ops_path('graph') if dynamic else force_torch_ops():
             return torch.onnx.export(net, (sample, ), None, dynamo=True, input_names=['input'], output_names=['output'],
                                      opset_version=opset, dynamic_shapes=dynamic_shapes, verbose=False,
                                      optimize=False)

@@ -20,6 +20,7 @@ from dvmsr_mma.infer import SRInferencer, tile_spans
 from dvmsr_mma.ops import force_torch_ops
 
 ort = pytest.importorskip('onnxruntime')  # the [onnx] extra, which make test installs
+onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxscript')
 from dvmsr_mma import export  # noqa: E402  (after the skips: it needs the extra)
 
@@ -82,12 +83,33 @@ def test_dynamic_export_of_a_conv_net_runs_at_other_sizes(tmp_path):
     assert (tiled - SRInferencer(net, scale=2, tile=8, tile_pad=2, device='cpu').run(x)).abs().max() <= 1e-4
 
 
-def test_dynamic_export_of_a_mamba_net_is_one_line_saying_to_export_a_fixed_size(exported, tmp_path, capsys):
-    rc = cli_main(['export', '-opt', str(exported / 'o.yml'), '--onnx', str(tmp_path / 'd.onnx'), '--size', '8x8',
-                   '--dynamic'])
-    err = capsys.readouterr().err
-    assert rc == 2 and 'export a fixed size with --size HxW' in err and err.count('\n') == 1, err
-    assert os.listdir(tmp_path) == []
+@pytest.mark.parametrize('arch', ['DVMSR', 'MMA_T'])
+def test_dynamic_export_of_a_mamba_net_runs_at_any_size(arch, tmp_path):
+    """The length-independent scan (dvmsr_mma.ops.scan_graph): one graph for one chunk of tokens (5x4), whole
+    chunks (8x16) and several with a partial last one (17x23), with no more nodes than a fixed 8x8 export."""
+    net = tiny(arch, 2)
+    result = export.export_onnx(net, str(tmp_path / 'd.onnx'), 2, size=(8, 8), dynamic=True)
+    assert result.size is None and result.max_abs_diff <= export.FP32_TOLERANCE
+    for shape in ((1, 3, 5, 4), (1, 3, 8, 16), (1, 3, 17, 23)):
+        assert ort_vs_torch(tmp_path / 'd.onnx', net, shape) <= export.FP32_TOLERANCE
+    export.export_onnx(net, str(tmp_path / 'f.onnx'), 2, size=(8, 8))
+    nodes = {name: len(onnx.load(str(tmp_path / name)).graph.node) for name in ('d.onnx', 'f.onnx')}
+    assert nodes['d.onnx'] <= nodes['f.onnx'], nodes
+
+
+def test_dynamic_export_from_the_weights_alone_then_infer_without_tiles(exported, tmp_path, capsys):
+    rc = cli_main(['export', '--weights', str(exported / 'w.pth'), '--onnx', str(tmp_path / 'd.onnx'), '--size',
+                   '8x8', '--dynamic'])
+    assert rc == 0 and 'DVMSR x2, dynamic HxW input' in capsys.readouterr().out
+    assert export.OnnxRunner(str(tmp_path / 'd.onnx')).input_size is None
+    img = np.random.default_rng(3).integers(0, 256, (13, 21, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / 'a.png'), img)
+    src = str(tmp_path / 'a.png')
+    assert cli_main(['infer', '--onnx', str(tmp_path / 'd.onnx'), '-i', src, '-o', str(tmp_path / 'o1'), '--quiet']) == 0
+    assert cli_main(['infer', '--weights', str(exported / 'w.pth'), '-i', src, '-o', str(tmp_path / 'o2'), '--device',
+                     'cpu', '--quiet']) == 0
+    onnx_out, torch_out = (cv2.imread(str(tmp_path / o / 'a_x2.png')).astype(int) for o in ('o1', 'o2'))
+    assert onnx_out.shape == (26, 42, 3) and np.abs(onnx_out - torch_out).max() <= 1  # the whole image, untiled
 
 
 def test_check_failure_exits_1_and_leaves_no_file(tmp_path, monkeypatch, capsys):

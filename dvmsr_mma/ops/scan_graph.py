@@ -6,7 +6,7 @@ length enters only as a tensor dimension:
 
 1. pad l to ``K * CHUNK`` (the padded steps get delta 0: decay 1, input 0, and are cropped at the end);
 2. a scan over the ``CHUNK`` steps of a chunk, vectorized over all K chunks, from a zero state: each chunk's
-   final state and the product of its decays;
+   final state; its decay, the product of its steps' decays, is exp(A * sum of its deltas);
 3. a scan over the K chunks: the state entering each chunk (``h = P_k h + S_k``);
 4. the scan of 2 again, now from the entering states, which emits the outputs.
 
@@ -23,15 +23,14 @@ from .selective_scan import _prepare, checked_b_c
 CHUNK = 64  # steps per chunk: K = l / 64 iterations of the cross-chunk scan, 64 of the in-chunk one
 
 
-def _in_chunk_step(A_: torch.Tensor):
-    """The in-chunk step for ``A_`` (1, g, dg, 1, n); carry: state and decay product, (b, g, dg, K, n)."""
+def _in_chunk_step(A_: torch.Tensor, emit: bool):
+    """The in-chunk step for ``A_`` (1, g, dg, 1, n) on the states of all chunks (b, g, dg, K, n); ``emit``:
+    also the outputs <h_t, C_t> (b, g, dg, K), else only the final states."""
 
-    def step(carry, xs):
-        h, p = carry
-        dt_t, du_t, B_t, C_t = xs  # (b, g, dg, K), (b, g, dg, K), (b, g, 1, K, n), (b, g, 1, K, n)
-        decay = torch.exp(dt_t.unsqueeze(-1) * A_)
-        h = decay * h + du_t.unsqueeze(-1) * B_t
-        return (h, p * decay), (h * C_t).sum(-1)
+    def step(h, xs):
+        dt_t, du_t, B_t = xs[:3]  # (b, g, dg, K), (b, g, dg, K), (b, g, 1, K, n)
+        h = torch.exp(dt_t.unsqueeze(-1) * A_) * h + du_t.unsqueeze(-1) * B_t
+        return h, (h * xs[3]).sum(-1) if emit else ()
 
     return step
 
@@ -63,12 +62,12 @@ def selective_scan_graph(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     B_c = chunked(B.unsqueeze(2)).transpose(-1, -2).contiguous()  # (b, g, n, l) -> (CHUNK, b, g, 1, K, n)
     C_c = chunked(C.unsqueeze(2)).transpose(-1, -2).contiguous()
     A_ = A.view(1, g, dg, 1, n)
-    step = _in_chunk_step(A_)
-    zeros = u.new_zeros(b, g, dg, k, n)
-    (s, p), _ = scan(step, (zeros, torch.ones_like(zeros)), (dt_c, du_c, B_c, C_c))
+    s, _ = scan(_in_chunk_step(A_, False), u.new_zeros(b, g, dg, k, n), (dt_c, du_c, B_c))  # (b, g, dg, K, n)
+    p = torch.exp(dt_c.sum(0).unsqueeze(-1) * A_)  # each chunk's decay: the product of its steps' decays
     # (b, g, dg, K, n) -> (K, b, g, dg, n): one scan step per chunk
     _, h0 = scan(_chunk_carry, u.new_zeros(b, g, dg, n), (p.movedim(3, 0), s.movedim(3, 0)))
-    _, y = scan(step, (h0.movedim(0, 3).clone(memory_format=torch.contiguous_format), zeros), (dt_c, du_c, B_c, C_c))  # y: (CHUNK, b, g, dg, K)
+    h0 = h0.movedim(0, 3).clone(memory_format=torch.contiguous_format)  # the state entering each chunk
+    _, y = scan(_in_chunk_step(A_, True), h0, (dt_c, du_c, B_c, C_c))  # y: (CHUNK, b, g, dg, K)
     out = y.movedim(0, -1).reshape(b, d, k * CHUNK)[..., :l]
     if D is not None:
         out = out + u * D.float()[:, None]
