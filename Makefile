@@ -19,13 +19,25 @@ $(STAMP): setup.py
 		&& $(BIN)/pip install -q opencv-python-headless; }
 	touch $@
 
+# Upstream's Python wrappers of the CUDA kernels, oldest and newest release of each range setup.py's [cuda] extra
+# claims: sdists installed without compiling anything, for tests/kernel_standins.py (strict stand-ins of the
+# compiled modules run them on CPU). Kept out of site-packages: the tests load them over the stand-ins.
+UPSTREAM_SPECS := mamba-ssm==1.1.1 mamba-ssm==2.3.2.post1 causal-conv1d==1.1.0 causal-conv1d==1.6.2.post1
+UPSTREAM := $(VENV)/upstream/.installed
+$(UPSTREAM): $(STAMP) Makefile
+	for spec in $(UPSTREAM_SPECS); do \
+		MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE \
+		CAUSAL_CONV1D_FORCE_BUILD=TRUE $(BIN)/pip install -q --no-deps --no-build-isolation \
+		--target $(VENV)/upstream/$$(echo $$spec | sed 's/==/-/') $$spec || exit 1; done
+	touch $@
+
 install: $(STAMP)
 
 demo: install
 	$(BIN)/basicsr demo
 
-test: install
-	$(BIN)/python -m pytest -q
+test: install $(UPSTREAM)
+	DVMSR_MMA_REQUIRE_UPSTREAM=1 $(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/python benchmarks/bench_scan.py

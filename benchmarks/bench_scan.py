@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from dvmsr_mma.archs.dvmsr_arch import DVMSR  # noqa: E402
 from dvmsr_mma.ops import force_torch_ops, selective_scan  # noqa: E402
-from dvmsr_mma.ops.dispatch import probe_kernel  # noqa: E402
+from dvmsr_mma.ops.dispatch import probe  # noqa: E402
 
 LANDED = 'a331bce'
 scan_mod = sys.modules['dvmsr_mma.ops.selective_scan']
@@ -64,12 +64,12 @@ def implementations(device):
     if landed is not None:
         impls['landed'] = landed
     impls['torch'] = scan_mod.selective_scan_torch
-    if device == 'cpu' and probe_kernel('dvmsr_mma.ops.scan_cpu') is not None:
+    if device == 'cpu' and probe('dvmsr_mma.ops.scan_cpu') is not None:
         from dvmsr_mma.ops.scan_cpu import selective_scan_cpu
         impls['numba'] = selective_scan_cpu
-    if device == 'cuda' and probe_kernel('selective_scan_cuda') is not None:
+    if device == 'cuda' and probe('selective_scan_cuda') is not None:
         impls['kernel'] = selective_scan
-    if probe_kernel('mambapy') is not None:
+    if probe('mambapy') is not None:
         impls['mambapy'] = mambapy_scan
     return impls
 

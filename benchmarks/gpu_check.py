@@ -6,10 +6,12 @@ Prints: the GPU, versions; the result of ``pytest -m cuda`` and of tests/test_op
 Triton; the selective scan (called as DVMSR calls it) forward and forward+backward at DVMSR (d 120) and MMA-B
 (d 384) widths, l 4096 and 65536, per path; F.conv1d against the causal-conv1d kernel; DVMSR x4 and MMA-T x2
 inference on a 256x256 LR image per path in fp32 and bf16/fp16 autocast, with each path's max difference from
-the PyTorch path; and ``--iters`` training iterations of DVMSR and MMA-T per path. Meant to finish in a few
+the PyTorch path; a width that is not a multiple of 8 and a 2048x2100 LR forward (4.3M tokens) per path, with
+the dispatch's log lines; and ``--iters`` training iterations of DVMSR and MMA-T per path. Meant to finish in a few
 minutes on one GPU. The kernel column needs ``pip install .[cuda]`` (mamba_ssm with its compiled extension).
 """
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -23,13 +25,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from dvmsr_mma.archs.dvmsr_arch import DVMSR  # noqa: E402
 from dvmsr_mma.archs.mma_arch import MMA_T  # noqa: E402
-from dvmsr_mma.ops import dispatch, selective_scan  # noqa: E402
+from dvmsr_mma.ops import cuda_kernels, dispatch, selective_scan  # noqa: E402
 
 
 def paths():
     """The CUDA paths this machine has, fastest first."""
-    found = ['kernel'] if dispatch.probe_kernel('selective_scan_cuda') is not None else []
-    if dispatch.probe_kernel(dispatch.TRITON['selective_scan']) is not None:
+    found = [] if cuda_kernels.import_problem('selective_scan') else ['kernel']
+    module = dispatch.probe(dispatch.TRITON_MODULE)
+    if module is not None and module.version_problem() is None:
         found.append('triton')
     return found + ['torch']
 
@@ -111,7 +114,7 @@ def conv_table():
     w, bias = torch.randn(240, 4, device='cuda'), torch.randn(240, device='cuda')
     times = {}
     for path in ('kernel', 'torch'):
-        if path == 'kernel' and dispatch.probe_kernel('causal_conv1d_cuda') is None:
+        if path == 'kernel' and cuda_kernels.import_problem('causal_conv1d'):
             continue
         use(path)
         times[path] = cuda_time(lambda: causal_conv1d(x, w, bias, activation='silu'), repeats=10)
@@ -142,6 +145,53 @@ def network_table(found):
             cells = [fmt(times[p], times['torch']) + f' d{(outs[p] - outs["torch"]).abs().max().item():.0e}'
                      for p in found]
             row(f'{name}, {precision}', cells)
+
+
+class _Lines(logging.Handler):
+    """Collects the dispatch's INFO lines (which path, and why not the faster ones)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def edge_table(found):
+    """The cases a CPU test can only simulate: a width that is not a multiple of 8 (the channel-last conv kernel
+    refuses it) and more than 4,194,240 tokens (that kernel's grid.y limit), each path against PyTorch."""
+    print('\n== edge cases per path: max |out - PyTorch out|, time; then what the dispatch logged ==')
+    handler = _Lines()
+    logging.getLogger(dispatch.__name__).addHandler(handler)
+    logging.getLogger(dispatch.__name__).setLevel(logging.INFO)
+    torch.manual_seed(0)
+    cases = (('DVMSR embed_dim 30, 64x64, fwd+bwd', DVMSR(embed_dim=30).cuda(), (2, 3, 64, 64), True),
+             ('DVMSR x4, 2048x2100 LR (4.3M tokens), fwd', DVMSR().cuda().eval(), (1, 3, 2048, 2100), False))
+    for name, net, shape, backward in cases:
+        x = torch.rand(*shape, device='cuda')
+        outs, cells = {}, []
+        for path in reversed(found):  # PyTorch first: the reference
+            use(path)
+            start = time.perf_counter()
+            try:
+                with torch.set_grad_enabled(backward):
+                    out = net(x)
+                    if backward:
+                        out.square().mean().backward()
+                torch.cuda.synchronize()
+                outs[path] = out.detach().float()
+                diff = (outs[path] - outs['torch']).abs().max().item()
+                cells.append(f'{path}: d{diff:.0e} {time.perf_counter() - start:.2f} s')
+            except Exception as err:  # the point of the check: report, do not stop
+                cells.append(f'{path}: FAILED {type(err).__name__}: {str(err).splitlines()[0][:80]}')
+            del out
+            torch.cuda.empty_cache()
+        print(f'{name}: ' + '; '.join(cells), flush=True)
+        del outs, net
+    for line in dict.fromkeys(handler.lines):
+        print(f'  log: {line}')
+    logging.getLogger(dispatch.__name__).removeHandler(handler)
 
 
 def training_table(found, iters):
@@ -201,6 +251,7 @@ def main():
     print(f'paths: {", ".join(found)}')
     scan_table(found)
     conv_table()
+    edge_table(found)
     network_table(found)
     training_table(found, args.iters)
 

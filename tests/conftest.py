@@ -17,9 +17,11 @@ import torch  # noqa: E402
 
 @pytest.fixture
 def fresh_dispatch(monkeypatch):
-    """The ops dispatch as in a new process: no probe cached, nothing logged, no path forced; the monkeypatch."""
-    from dvmsr_mma.ops import dispatch
+    """The ops dispatch as in a new process: no probe or kernel import cached, nothing logged, no path forced;
+    the monkeypatch."""
+    from dvmsr_mma.ops import cuda_kernels, dispatch
     monkeypatch.setattr(dispatch, '_probe_cache', {})
+    monkeypatch.setattr(cuda_kernels, '_imported', {})
     monkeypatch.setattr(dispatch, '_logged', set())
     monkeypatch.delenv(dispatch.ENV_FORCE_TORCH, raising=False)
     monkeypatch.delenv(dispatch.ENV_OPS, raising=False)

@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import dvmsr_mma.ops.dispatch as dispatch
-from dvmsr_mma.ops import causal_conv1d, force_torch_ops
+from dvmsr_mma.ops import causal_conv1d, cuda_kernels, force_torch_ops
 
 
 def reference_conv(x, weight, bias, activation):
@@ -103,8 +102,8 @@ def test_bad_activation_rejected():
 
 @pytest.mark.cuda
 def test_torch_path_matches_kernel_on_cuda():
-    if dispatch.probe_kernel('causal_conv1d_cuda') is None:
-        pytest.skip('causal_conv1d_cuda not importable')
+    if cuda_kernels.import_problem('causal_conv1d'):
+        pytest.skip(cuda_kernels.import_problem('causal_conv1d'))
     x = torch.randn(2, 64, 100, device='cuda', requires_grad=True)
     weight = torch.randn(64, 4, device='cuda', requires_grad=True)
     bias = torch.randn(64, device='cuda', requires_grad=True)

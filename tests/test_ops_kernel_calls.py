@@ -5,24 +5,18 @@
 what arrived in which parameter and computes with the PyTorch path, so a GPU is not needed to catch an argument in
 the wrong place.
 """
-import sys
-import types
-
 import pytest
 import torch
 
 from dvmsr_mma.archs.mamba_block import Mamba
-from dvmsr_mma.ops import causal_conv1d, selective_scan
+from dvmsr_mma.ops import causal_conv1d, cuda_kernels, dispatch, selective_scan
 from dvmsr_mma.ops.causal_conv1d import causal_conv1d_torch
 from dvmsr_mma.ops.selective_scan import selective_scan_torch
 
-conv_mod = sys.modules['dvmsr_mma.ops.causal_conv1d']
-scan_mod = sys.modules['dvmsr_mma.ops.selective_scan']
-
 
 @pytest.fixture
-def kernels(monkeypatch):
-    """Install the stand-ins as the kernel packages and make dispatch choose them; returns the recorded calls."""
+def kernels(fresh_dispatch):
+    """Make the stand-ins the kernel functions and force the kernel path for CPU tensors; the recorded calls."""
     calls = {'causal_conv1d_fn': [], 'selective_scan_fn': []}
 
     def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
@@ -39,17 +33,10 @@ def kernels(monkeypatch):
                                                delta_softplus=delta_softplus, return_last_state=return_last_state))
         return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
-    conv_pkg = types.ModuleType('causal_conv1d')
-    conv_pkg.causal_conv1d_fn = causal_conv1d_fn
-    interface = types.ModuleType('mamba_ssm.ops.selective_scan_interface')
-    interface.selective_scan_fn = selective_scan_fn
-    mamba_pkg, mamba_ops = types.ModuleType('mamba_ssm'), types.ModuleType('mamba_ssm.ops')
-    mamba_pkg.ops, mamba_ops.selective_scan_interface = mamba_ops, interface
-    for name, module in (('causal_conv1d', conv_pkg), ('mamba_ssm', mamba_pkg), ('mamba_ssm.ops', mamba_ops),
-                         ('mamba_ssm.ops.selective_scan_interface', interface)):
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(conv_mod, 'use_kernel', lambda *args: True)
-    monkeypatch.setattr(scan_mod, 'select', lambda *args: 'kernel')
+    fresh_dispatch.setattr(cuda_kernels, '_imported', {'causal_conv1d': (causal_conv1d_fn, None),
+                                                        'selective_scan': (selective_scan_fn, None)})
+    fresh_dispatch.setattr(cuda_kernels, 'KERNEL_DEVICES', ['cpu'])
+    fresh_dispatch.setenv(dispatch.ENV_OPS, 'kernel')
     return calls
 
 

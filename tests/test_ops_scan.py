@@ -1,13 +1,10 @@
-"""selective_scan: PyTorch path vs an independent float64 step-by-step reference, and kernel dispatch."""
-import importlib
-import logging
+"""selective_scan: PyTorch path vs an independent float64 step-by-step reference."""
+import sys
 
 import pytest
 import torch
 
-import dvmsr_mma.ops.dispatch as dispatch
-import sys
-from dvmsr_mma.ops import force_torch_ops, selective_scan
+from dvmsr_mma.ops import cuda_kernels, force_torch_ops, selective_scan
 
 scan_mod = sys.modules['dvmsr_mma.ops.selective_scan']  # the package attribute of that name is the function
 
@@ -133,66 +130,10 @@ def test_no_grad_forward_does_not_keep_state_per_step():
     assert rel_err(out, reference_scan(*inputs)) < 1e-4
 
 
-@pytest.fixture
-def fake_kernel(monkeypatch):
-    """Pretend the compiled extensions import; reset the cached probe and the log-once set afterwards."""
-    monkeypatch.setattr(dispatch, '_probe_cache', {'selective_scan_cuda': object(), 'causal_conv1d_cuda': object()})
-    monkeypatch.setattr(dispatch, '_logged', set())
-    monkeypatch.delenv(dispatch.ENV_FORCE_TORCH, raising=False)
-    yield
-
-
-def test_cpu_tensors_use_torch_path_even_with_kernel(fake_kernel, caplog):
-    inputs = make_inputs(1, 2, 2, 5, 0, False, False, False)
-    with caplog.at_level(logging.INFO, logger=dispatch.__name__):
-        assert not dispatch.use_kernel('selective_scan', 'selective_scan_cuda', *inputs)
-        out = selective_scan(*inputs)
-        selective_scan(*inputs)
-    assert rel_err(out, reference_scan(*inputs)) < 1e-4
-    msgs = [r.getMessage() for r in caplog.records if 'selective_scan' in r.getMessage()]
-    assert len(msgs) == 1 and 'PyTorch' in msgs[0]
-
-
-class _FakeCuda:
-    is_cuda = True
-
-
-def test_kernel_chosen_for_cuda_tensors_unless_forced(fake_kernel, monkeypatch):
-    t = _FakeCuda()
-    assert dispatch.use_kernel('selective_scan', 'selective_scan_cuda', t, t, None)
-    with force_torch_ops():
-        assert not dispatch.use_kernel('selective_scan', 'selective_scan_cuda', t, t)
-    assert dispatch.use_kernel('selective_scan', 'selective_scan_cuda', t, t)
-    force_torch_ops(True)
-    try:
-        assert not dispatch.use_kernel('selective_scan', 'selective_scan_cuda', t)
-    finally:
-        force_torch_ops(False)
-    monkeypatch.setenv(dispatch.ENV_FORCE_TORCH, '1')
-    assert not dispatch.use_kernel('selective_scan', 'selective_scan_cuda', t)
-    monkeypatch.setenv(dispatch.ENV_FORCE_TORCH, '0')
-    assert dispatch.use_kernel('selective_scan', 'selective_scan_cuda', t)
-
-
-def test_probe_is_cached_and_missing_module_gives_none(monkeypatch):
-    monkeypatch.setattr(dispatch, '_probe_cache', {})
-    calls = []
-    real = importlib.import_module
-
-    def counting(name):
-        calls.append(name)
-        return real(name)
-
-    monkeypatch.setattr(dispatch.importlib, 'import_module', counting)
-    assert dispatch.probe_kernel('dvmsr_mma_no_such_extension') is None
-    assert dispatch.probe_kernel('dvmsr_mma_no_such_extension') is None
-    assert calls == ['dvmsr_mma_no_such_extension']
-
-
 @pytest.mark.cuda
 def test_torch_path_matches_kernel_on_cuda():
-    if dispatch.probe_kernel('selective_scan_cuda') is None:
-        pytest.skip('selective_scan_cuda not importable')
+    if cuda_kernels.import_problem('selective_scan'):
+        pytest.skip(cuda_kernels.import_problem('selective_scan'))
     inputs = [x.cuda() if x is not None else None for x in make_inputs(2, 8, 4, 300, 2, True, True, True)]
     for x in inputs:
         x.requires_grad_(True)

@@ -6,9 +6,7 @@ import threading
 import pytest
 import torch
 
-import dvmsr_mma.ops.dispatch as dispatch
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
-from dvmsr_mma.errors import OptionError
 from dvmsr_mma.ops import force_torch_ops, selective_scan
 from test_ops_scan import (NAMES, OPTIONAL_CASES, assert_grads_match, case_inputs, make_inputs, reference_scan,
                            rel_err)
@@ -141,43 +139,6 @@ def test_dvmsr_forward_same_on_both_paths():
         with force_torch_ops():
             slow = net(x)
     assert torch.allclose(fast, slow, atol=1e-5)
-
-
-# ------------------------------------------------------------------------------------------------ dispatch
-def test_cpu_tensors_take_numba_unless_torch_is_asked(fresh_dispatch):
-    inputs = make_inputs(1, 2, 2, 5, 0, False, False, False)
-    assert dispatch.select('selective_scan', 'selective_scan_cuda', *inputs) == 'numba'
-    assert dispatch.select('causal_conv1d', 'causal_conv1d_cuda', *inputs) == 'torch'  # no compiled conv
-    fresh_dispatch.setenv(dispatch.ENV_OPS, 'torch')
-    assert dispatch.select('selective_scan', 'selective_scan_cuda', *inputs) == 'torch'
-    fresh_dispatch.setenv(dispatch.ENV_OPS, 'numba')
-    assert dispatch.select('selective_scan', 'selective_scan_cuda', *inputs) == 'numba'
-    fresh_dispatch.setenv(dispatch.ENV_OPS, 'auto')
-    with force_torch_ops():
-        assert dispatch.select('selective_scan', 'selective_scan_cuda', *inputs) == 'torch'
-
-
-def test_without_numba_the_torch_path_runs(fresh_dispatch):
-    fresh_dispatch.setattr(dispatch, '_probe_cache', {'dvmsr_mma.ops.scan_cpu': None})
-    inputs = make_inputs(1, 2, 2, 5, 0, True, True, False)
-    calls = []
-    fresh_dispatch.setattr(scan_mod, 'selective_scan_torch', lambda *a: calls.append(a) or reference_scan(*a))
-    selective_scan(*inputs)
-    assert len(calls) == 1
-    fresh_dispatch.setenv(dispatch.ENV_OPS, 'numba')
-    with pytest.raises(OptionError, match='DVMSR_MMA_OPS=numba: numba is not importable; pip install numba'):
-        selective_scan(*inputs)
-
-
-@pytest.mark.parametrize('value, message', [
-    ('kernel', 'DVMSR_MMA_OPS=kernel: selective_scan cannot use the CUDA kernel (the tensors are not on CUDA)'),
-    ('fast', 'DVMSR_MMA_OPS=fast: not a path; use auto, kernel, triton, numba, torch'),
-])
-def test_bad_forced_path_is_one_line(fresh_dispatch, value, message):
-    fresh_dispatch.setenv(dispatch.ENV_OPS, value)
-    with pytest.raises(OptionError) as err:
-        selective_scan(*make_inputs(1, 2, 2, 5, 0, False, False, False))
-    assert str(err.value).startswith(message)
 
 
 def test_backward_partial_buffers_are_bounded(monkeypatch):

@@ -5,15 +5,13 @@ Without a GPU the real kernels run in Triton's interpreter on CPU tensors: ``tes
 the same tests run the compiled kernels on CUDA tensors. Small blocks (16 steps, chunks of 2 blocks) make short
 sequences cross several blocks and chunks.
 """
-import logging
 
 import pytest
 import torch
 
 import dvmsr_mma.ops.dispatch as dispatch
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
-from dvmsr_mma.errors import OptionError
-from dvmsr_mma.ops import force_torch_ops, selective_scan
+from dvmsr_mma.ops import cuda_kernels, force_torch_ops, selective_scan
 from test_ops_scan import (NAMES, OPTIONAL_CASES, assert_grads_match, case_inputs, make_inputs, reference_scan,
                            rel_err)
 
@@ -159,58 +157,34 @@ def test_nan_propagates():
     assert out[0, 1].isnan().all() and not out[0, 0].isnan().any()
 
 
-# ------------------------------------------------------------------------------------------------ dispatch
-class _FakeCuda:
-    is_cuda = True
+class _Launches:
+    """Stands in for a Triton kernel: records ``kernel[grid](*args)`` launches, computes nothing."""
+
+    def __init__(self):
+        self.grids = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.grids.append(grid)
 
 
-def test_cuda_order_kernel_then_triton_then_torch(fresh_dispatch, caplog):
-    t = _FakeCuda()
-    fresh_dispatch.setattr(scan_triton, 'INTERPRETED', False)
-    fresh_dispatch.setattr(dispatch, '_probe_cache', {'selective_scan_cuda': object()})
-    assert dispatch.select('selective_scan', 'selective_scan_cuda', t, t) == 'kernel'
-    fresh_dispatch.setattr(dispatch, '_probe_cache', {'selective_scan_cuda': None})
-    with caplog.at_level(logging.INFO, logger=dispatch.__name__):
-        assert dispatch.select('selective_scan', 'selective_scan_cuda', t, t) == 'triton'
-    assert 'Triton (selective_scan_cuda not importable)' in caplog.text
-    assert dispatch.select('causal_conv1d', 'causal_conv1d_cuda', t) == 'torch'  # no Triton conv
-    fresh_dispatch.setattr(dispatch, '_probe_cache', {'selective_scan_cuda': None, dispatch.TRITON['selective_scan']:
-                                                      None})
-    assert dispatch.select('selective_scan', 'selective_scan_cuda', t, t) == 'torch'
-    fresh_dispatch.setattr(dispatch, '_probe_cache', {'selective_scan_cuda': object()})
-    fresh_dispatch.setenv(dispatch.ENV_OPS, 'triton')
-    assert dispatch.select('selective_scan', 'selective_scan_cuda', t, t) == 'triton'
-    fresh_dispatch.setenv(dispatch.ENV_OPS, 'torch')
-    assert dispatch.select('selective_scan', 'selective_scan_cuda', t, t) == 'torch'
-    fresh_dispatch.setenv(dispatch.ENV_OPS, 'auto')
-    fresh_dispatch.setenv(dispatch.ENV_FORCE_TORCH, '1')  # the older switch still forces PyTorch
-    assert dispatch.select('selective_scan', 'selective_scan_cuda', t, t) == 'torch'
+def test_launch_grid_holds_for_the_longest_sequences(monkeypatch):
+    """l past 4.2M tokens (a 2048 x 2100 LR image): the grid is (b, d) for the forward and (b, d / BD) for the
+    backward, whatever l, within CUDA's grid.y cap of 65535; meta tensors, so nothing is allocated."""
+    fwd, bwd = _Launches(), _Launches()
+    monkeypatch.setattr(scan_triton, '_fwd_kernel', fwd)
+    monkeypatch.setattr(scan_triton, '_bwd_kernel', bwd)
+    b, d, n, l = 2, 120, 16, 2048 * 2100
+    u, delta = (torch.empty(b, d, l, device='meta', requires_grad=True) for _ in range(2))
+    A = torch.empty(d, n, device='meta', requires_grad=True)
+    B, C = (torch.empty(b, n, l, device='meta', requires_grad=True) for _ in range(2))
+    out = scan_triton.selective_scan_triton(u, delta, A, B, C, None, None, None, True)
+    out.sum().backward()
+    assert fwd.grids == [(b, d)]
+    assert bwd.grids == [(b, d // scan_triton.BWD_BLOCK_D)]
+    assert all(g[1] <= 65535 for g in fwd.grids + bwd.grids)
 
 
-def test_interpreted_triton_is_never_chosen_for_cuda_by_auto(fresh_dispatch):
-    t = _FakeCuda()
-    fresh_dispatch.setattr(scan_triton, 'INTERPRETED', True)
-    fresh_dispatch.setattr(dispatch, '_probe_cache', {'selective_scan_cuda': None})
-    assert dispatch.select('selective_scan', 'selective_scan_cuda', t, t) == 'torch'
-
-
-def test_cpu_tensors_take_triton_only_when_forced_in_the_interpreter(fresh_dispatch):
-    inputs = make_inputs(1, 2, 2, 5, 0, False, False, False)
-    assert dispatch.select('selective_scan', 'selective_scan_cuda', *inputs) in ('numba', 'torch')
-    fresh_dispatch.setenv(dispatch.ENV_OPS, 'triton')
-    fresh_dispatch.setattr(scan_triton, 'INTERPRETED', True)
-    assert dispatch.select('selective_scan', 'selective_scan_cuda', *inputs) == 'triton'
-    assert dispatch.select('causal_conv1d', 'causal_conv1d_cuda', *inputs) == 'torch'
-    fresh_dispatch.setattr(scan_triton, 'INTERPRETED', False)
-    with pytest.raises(OptionError, match=r'^DVMSR_MMA_OPS=triton: selective_scan cannot use Triton: the tensors '
-                                          r'are not on CUDA; Triton runs CPU tensors only in its interpreter'):
-        dispatch.select('selective_scan', 'selective_scan_cuda', *inputs)
-    fresh_dispatch.setattr(dispatch, '_probe_cache', {dispatch.TRITON['selective_scan']: None})
-    with pytest.raises(OptionError, match='^DVMSR_MMA_OPS=triton: selective_scan cannot use Triton: triton is not '
-                                          'importable'):
-        dispatch.select('selective_scan', 'selective_scan_cuda', *inputs)
-
-
+# ------------------------------------------------------------------------------------------------ through the dispatch
 @pytest.mark.skipif(DEVICE != 'cpu', reason='the interpreter runs CPU tensors')
 def test_forced_triton_runs_through_selective_scan(fresh_dispatch):
     fresh_dispatch.setenv(dispatch.ENV_OPS, 'triton')
@@ -253,7 +227,7 @@ def test_triton_kernel_and_torch_agree_on_cuda(monkeypatch):
         return [out] + list(torch.autograd.grad(out.sum(), inputs))
 
     results = {}
-    for path in ('triton', 'torch') + (('kernel', ) if dispatch.probe_kernel('selective_scan_cuda') else ()):
+    for path in ('triton', 'torch') + (() if cuda_kernels.import_problem('selective_scan') else ('kernel', )):
         monkeypatch.setenv(dispatch.ENV_OPS, path)
         results[path] = run()
     for path, values in results.items():
@@ -287,15 +261,18 @@ for arch in (80, 90):
             gpu = re.search(r'\.target\s+(sm_\w+)', compiled.asm['ptx']).group(1)  # sm_90a for 90
             out = subprocess.run([ptxas, '-v', '--gpu-name', gpu, ptx, '-o', os.path.join(tmp, 'k.cubin')],
                                  capture_output=True, text=True, check=True).stderr
-        report.append(dict(arch=arch, kernel=kernel.fn.__name__, info=out))
+        narrow = [line.strip() for line in compiled.asm['ttir'].splitlines()
+                  if 'tt.addptr' in line and re.search(r'i32>? loc', line)]
+        report.append(dict(arch=arch, kernel=kernel.fn.__name__, info=out, narrow_offsets=narrow))
 print(json.dumps(report))
 '''
 
 
-def test_kernels_compile_for_cuda_without_spills(tmp_path):
+def test_kernels_compile_for_cuda_without_spills_and_with_64_bit_offsets(tmp_path):
     """Without a GPU: compile both kernels, at the default block sizes, for sm_80 and sm_90 with Triton's own
-    ptxas. Catches what the interpreter does not check (typing of loop-carried values, lowering of the scans)
-    and register spills."""
+    ptxas. Catches what the interpreter does not check (typing of loop-carried values, lowering of the scans),
+    register spills, and any pointer offset computed in 32 bits (the integer arguments are given as i32, as
+    Triton types them below 2**31, so an i32 offset would be a product that can wrap for l > 4.2M)."""
     import json
     import os
     import re
@@ -313,3 +290,4 @@ def test_kernels_compile_for_cuda_without_spills(tmp_path):
     for entry in report:
         spills = re.search(r'(\d+) bytes spill stores, (\d+) bytes spill loads', entry['info'])
         assert spills and spills.groups() == ('0', '0'), entry
+        assert entry['narrow_offsets'] == [], entry['narrow_offsets']

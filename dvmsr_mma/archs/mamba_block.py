@@ -135,13 +135,21 @@ class Mamba(nn.Module):
             dt_proj.bias.copy_(inv_dt)
         dt_proj.bias._no_reinit = True
 
+    @staticmethod
+    def _channels_first(weight, x):
+        """``weight @ x^T`` for x (b, l, k): (b, out, l) with stride(-1) == 1, the layout upstream's
+        ``rearrange(W @ rearrange(x, 'b l k -> k (b l)'), 'd (b l) -> b d l')`` gives the kernels: the conv then
+        takes its (b, d, l) kernel, never the channel-last one, and the scan gets delta and z without a copy."""
+        b, l, k = x.shape
+        return (weight @ x.reshape(b * l, k).t()).view(weight.shape[0], b, l).permute(1, 0, 2)
+
     def _ssm(self, xz, conv1d, x_proj, dt_proj, A_log, D):
         """One direction of ``mamba_inner_fn_no_out_proj``: xz (b, 2*d_inner, l) -> y (b, d_inner, l)."""
         x, z = xz.chunk(2, dim=1)  # (b, d_inner, l) each
         x = causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias, activation='silu')  # weight (d, 1, w) -> (d, w)
         x_dbl = x_proj(x.transpose(1, 2))  # (b, l, dt_rank + 2 * d_state)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (b, l, d_inner) -> (b, d_inner, l); bias in the scan
+        delta = self._channels_first(dt_proj.weight, dt)  # (b, d_inner, l); the bias is added in the scan
         B = B.transpose(1, 2).contiguous()  # (b, d_state, l)
         C = C.transpose(1, 2).contiguous()
         A = -torch.exp(A_log.float())  # (d_inner, d_state)
@@ -149,7 +157,9 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states):
         """hidden_states: (b, l, d_model) -> (b, l, d_model)."""
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, l, 2*d_inner) -> (b, 2*d_inner, l)
+        xz = self._channels_first(self.in_proj.weight, hidden_states)  # (b, 2*d_inner, l)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
         y = self._ssm(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
         if self.bimamba_type == 'v2':
             # Backward branch: the exact reverse of the sequence (x and the gate z), flipped back before the sum.

@@ -10,7 +10,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .dispatch import use_kernel
+from .cuda_kernels import kernel_function
+from .dispatch import select
 
 __all__ = ['causal_conv1d', 'causal_conv1d_torch']
 
@@ -41,7 +42,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
                   activation: Optional[str] = None) -> torch.Tensor:
     """Causal depthwise conv1d. x: (b, d, l), weight: (d, w), bias: (d,), activation: None, 'silu' or 'swish'.
 
-    Runs ``causal_conv1d_cuda`` when it is importable, the tensors are on CUDA and the PyTorch path is not forced.
+    Runs ``causal_conv1d_cuda`` for CUDA tensors it accepts (see :mod:`.cuda_kernels`), else PyTorch.
     ``seq_idx``, ``initial_states``, ``return_final_states`` and ``final_states_out`` are not supported.
     """
     streaming = {'seq_idx': seq_idx, 'initial_states': initial_states, 'final_states_out': final_states_out,
@@ -55,7 +56,6 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
         raise ValueError(f'causal_conv1d: x must be (b, d, l) and weight (d, w), got x {tuple(x.shape)} and '
                          f'weight {tuple(weight.shape)}')
-    if use_kernel('causal_conv1d', 'causal_conv1d_cuda', x, weight, bias):
-        from causal_conv1d import causal_conv1d_fn
-        return causal_conv1d_fn(x, weight, bias=bias, activation=activation)
+    if select('causal_conv1d', dict(x=x, weight=weight, bias=bias)) == 'kernel':
+        return kernel_function('causal_conv1d')(x, weight, bias=bias, activation=activation)
     return causal_conv1d_torch(x, weight, bias, activation)

@@ -1,39 +1,142 @@
-"""Choice between the optional CUDA kernels, the Triton scan, the optional numba CPU scan and the PyTorch path,
-made per call.
+"""Which implementation of an op runs a call: one table of paths per op, tried in order.
 
-CUDA tensors take the compiled ``mamba_ssm`` / ``causal_conv1d`` kernel when it imports, else the Triton version
-of the op (the selective scan) when ``triton`` imports, else PyTorch; CPU tensors take the numba scan when numba
-imports, else PyTorch. The kernels are optional: ``mamba_ssm`` can import without its compiled
-``selective_scan_cuda`` extension, so the probe imports the compiled modules themselves, once, and caches the
-answer. ``DVMSR_MMA_OPS=kernel|triton|numba|torch`` forces a path (``auto``, the default, picks the fastest
-available); forcing one that cannot run is one :class:`~dvmsr_mma.errors.OptionError` line, and an op without a
-version for the forced path (the conv has no Triton or numba one) runs PyTorch. CPU tensors never take Triton,
-except when ``DVMSR_MMA_OPS=triton`` asks for it under ``TRITON_INTERPRET=1`` (Triton's interpreter: for tests).
+Each :class:`Path` names the device types it serves and has a ``why_not(tensors, forced)`` that returns None or
+the reason it cannot take these tensors (not importable, a kernel limit, a dtype). ``auto`` (the default) takes
+the first path of the op's row that serves the tensors' device and has no reason against it; every path it
+passed over for a reason is named in the one INFO line logged per op, path and reasons. A forced path that
+cannot run is one :class:`~dvmsr_mma.errors.OptionError` line with its reason; forcing a path an op does not
+have (the conv has no Triton, numba or graph version) runs that op's PyTorch path.
+
+Forcing, innermost first: :func:`ops_path` (a context manager, e.g. ``ops_path('graph')`` for ONNX export),
+:func:`force_torch_ops`, ``DVMSR_MMA_FORCE_TORCH_OPS=1``, ``DVMSR_MMA_OPS=kernel|triton|numba|torch``.
+
+The order for CUDA tensors is the compiled kernel (:mod:`.cuda_kernels` says what it accepts), then Triton, then
+PyTorch; for CPU tensors numba, then PyTorch. CPU tensors take Triton only when it is forced under
+``TRITON_INTERPRET=1`` (Triton's interpreter: for tests). This module decides; the implementations import
+nothing from it.
 """
 import contextlib
 import importlib
 import logging
 import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from dvmsr_mma.errors import OptionError
+
+from . import cuda_kernels
 
 logger = logging.getLogger(__name__)
 
 ENV_FORCE_TORCH = 'DVMSR_MMA_FORCE_TORCH_OPS'
 ENV_OPS = 'DVMSR_MMA_OPS'
-PATHS = ('kernel', 'triton', 'numba', 'torch')
-CPU_COMPILED = {'selective_scan': 'dvmsr_mma.ops.scan_cpu'}  # op -> its numba module (importing it imports numba)
-TRITON = {'selective_scan': 'dvmsr_mma.ops.scan_triton'}  # op -> its Triton module (importing it imports triton)
+PATHS = ('kernel', 'triton', 'numba', 'torch')  # what DVMSR_MMA_OPS may name
+NUMBA_MODULE = 'dvmsr_mma.ops.scan_cpu'  # importing it imports numba
+TRITON_MODULE = 'dvmsr_mma.ops.scan_triton'  # importing it imports triton
+TRITON_GRID_Y_LIMIT = 65535  # the scan launches (b, d) programs; CUDA caps grid.y
 
+Tensors = Mapping[str, Any]
+
+_forced: List[str] = []  # ops_path() stack
 _force_torch = False
-_probe_cache = {}
+_probe_cache: Dict[str, Any] = {}
 _logged = set()
+
+
+@dataclass(frozen=True)
+class Path:
+    """One implementation of an op: ``why_not(tensors, forced)`` -> the reason it cannot run them, or None;
+    ``devices()`` the device types ``auto`` offers it (None: any); ``auto`` False: only when forced."""
+    name: str
+    label: str
+    why_not: Callable[[Tensors, bool], Optional[str]]
+    devices: Optional[Callable[[], Tuple[str, ...]]] = None
+    auto: bool = True
+
+
+def probe(module_name: str) -> Any:
+    """Import ``module_name`` once; the module, or None when it does not import."""
+    if module_name not in _probe_cache:
+        try:
+            _probe_cache[module_name] = importlib.import_module(module_name)
+        except Exception:  # ImportError, but also broken builds (undefined symbols raise OSError etc.)
+            _probe_cache[module_name] = None
+    return _probe_cache[module_name]
+
+
+def _device(tensors: Tensors) -> str:
+    """The one device type of the call's tensors, or 'mixed'."""
+    kinds = {t.device.type for t in tensors.values() if t is not None}
+    return kinds.pop() if len(kinds) == 1 else 'mixed'
+
+
+def _kernel_why_not(op: str, problem: Callable[[Tensors], Optional[str]]) -> Callable[[Tensors, bool], Optional[str]]:
+    def why_not(tensors: Tensors, forced: bool) -> Optional[str]:
+        if _device(tensors) not in cuda_kernels.KERNEL_DEVICES:
+            return 'the tensors are not on CUDA'
+        return cuda_kernels.import_problem(op) or problem(tensors)
+    return why_not
+
+
+def _triton_why_not(tensors: Tensors, forced: bool) -> Optional[str]:
+    module = probe(TRITON_MODULE)
+    if module is None:
+        return 'triton is not importable (it comes with PyTorch\'s Linux CUDA wheels; else pip install triton)'
+    device = _device(tensors)
+    if device != 'cuda' and not (device == 'cpu' and module.INTERPRETED):
+        return ('the tensors are not on CUDA; Triton runs CPU tensors only in its interpreter (TRITON_INTERPRET=1, '
+                'set before torch is imported)')
+    if device == 'cuda' and module.INTERPRETED and not forced:
+        return 'TRITON_INTERPRET=1 is set, and the interpreter is for tests'
+    problem = module.version_problem()
+    if problem:
+        return problem
+    u, A = tensors['u'], tensors['A']
+    if u.dtype not in cuda_kernels.FLOAT_TYPES:
+        return f'u is {str(u.dtype).replace("torch.", "")}; the Triton scan takes float32, float16 and bfloat16'
+    if A.is_complex():
+        return 'A is complex; the Triton scan takes real A'
+    if u.shape[1] > TRITON_GRID_Y_LIMIT:
+        return f'{u.shape[1]} channels; the Triton scan launches one program per channel, at most {TRITON_GRID_Y_LIMIT}'
+    return None
+
+
+def _numba_why_not(tensors: Tensors, forced: bool) -> Optional[str]:
+    if _device(tensors) != 'cpu':
+        return 'the tensors are not on the CPU'
+    return None if probe(NUMBA_MODULE) is not None else 'numba is not importable (pip install numba)'
+
+
+def _kernel_devices() -> Tuple[str, ...]:
+    return tuple(cuda_kernels.KERNEL_DEVICES)
+
+
+def _runs(tensors: Tensors, forced: bool) -> Optional[str]:
+    return None
+
+
+TORCH = Path('torch', 'PyTorch', _runs)
+TABLE: Dict[str, Tuple[Path, ...]] = {
+    'selective_scan': (
+        Path('kernel', 'CUDA kernel (mamba_ssm)', _kernel_why_not('selective_scan', cuda_kernels.scan_problem),
+             _kernel_devices),
+        Path('triton', 'Triton', _triton_why_not, lambda: ('cuda', )),
+        Path('numba', 'numba CPU', _numba_why_not, lambda: ('cpu', )),
+        TORCH,
+        Path('graph', 'ONNX-graph', _runs, auto=False),
+    ),
+    'causal_conv1d': (
+        Path('kernel', 'CUDA kernel (causal_conv1d)', _kernel_why_not('causal_conv1d', cuda_kernels.conv_problem),
+             _kernel_devices),
+        TORCH,
+    ),
+}
 
 
 class _ForceTorchOps(contextlib.ContextDecorator):
     """Returned by :func:`force_torch_ops`; the switch is already set, ``with`` restores it on exit."""
 
-    def __init__(self, previous):
+    def __init__(self, previous: bool):
         self._previous = previous
 
     def __enter__(self):
@@ -45,7 +148,7 @@ class _ForceTorchOps(contextlib.ContextDecorator):
         return False
 
 
-def force_torch_ops(enabled=True):
+def force_torch_ops(enabled: bool = True) -> _ForceTorchOps:
     """Force (or stop forcing) the PyTorch path for every op.
 
     Works as a plain call (``force_torch_ops(True)``) or as a context manager
@@ -57,85 +160,65 @@ def force_torch_ops(enabled=True):
     return _ForceTorchOps(previous)
 
 
-def torch_ops_forced():
+@contextlib.contextmanager
+def ops_path(name: str) -> Iterator[None]:
+    """Run every op on path ``name`` inside the block (``'graph'``: the scan whose traced graph does not depend
+    on the sequence length, for ONNX export); an op without that path runs PyTorch."""
+    if not any(p.name == name for row in TABLE.values() for p in row):
+        raise ValueError(f'ops_path: unknown path {name!r}')
+    _forced.append(name)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def torch_ops_forced() -> bool:
     """True when the switch or ``DVMSR_MMA_FORCE_TORCH_OPS`` (any value but '', '0', 'false', 'no') forces PyTorch."""
     env = os.environ.get(ENV_FORCE_TORCH, '').strip().lower()
     return _force_torch or env not in ('', '0', 'false', 'no', 'off')
 
 
-def probe_kernel(module_name):
-    """Import ``module_name`` (a compiled extension) once; return the module or None."""
-    if module_name not in _probe_cache:
-        try:
-            _probe_cache[module_name] = importlib.import_module(module_name)
-        except Exception:  # ImportError, but also broken builds (undefined symbols raise OSError etc.)
-            _probe_cache[module_name] = None
-    return _probe_cache[module_name]
-
-
-def requested_path() -> str:
-    """'auto' or the path ``DVMSR_MMA_OPS`` (or the torch switch / ``DVMSR_MMA_FORCE_TORCH_OPS``) asks for."""
+def requested_path() -> Tuple[str, str]:
+    """('auto', '') or the forced path and what forced it."""
+    if _forced:
+        return _forced[-1], 'ops_path()'
     if torch_ops_forced():
-        return 'torch'
+        return 'torch', 'force_torch_ops' if _force_torch else ENV_FORCE_TORCH
     value = os.environ.get(ENV_OPS, '').strip().lower() or 'auto'
     if value != 'auto' and value not in PATHS:
         raise OptionError(f'{ENV_OPS}={value}: not a path; use auto, {", ".join(PATHS)}')
-    return value
+    return value, f'{ENV_OPS}={value}'
 
 
-def _triton_problem(module_name, on_cuda):
-    """Why the Triton module cannot run these tensors, or None."""
-    module = probe_kernel(module_name)
-    if module is None:
-        return 'triton is not importable (it comes with PyTorch\'s Linux CUDA wheels; else pip install triton)'
-    if not on_cuda and not module.INTERPRETED:
-        return ('the tensors are not on CUDA; Triton runs CPU tensors only in its interpreter (TRITON_INTERPRET=1, '
-                'set before torch is imported)')
-    return None
-
-
-def select(op_name, module_name, *tensors):
-    """The path ``op_name`` takes for these tensors: 'kernel' (CUDA, from ``module_name``), 'triton' (for the ops
-    in :data:`TRITON`), 'numba' (CPU, for the ops in :data:`CPU_COMPILED`) or 'torch'; logs the choice once per op
-    and path."""
-    requested = requested_path()
-    on_cuda = all(t is None or t.is_cuda for t in tensors)
-    on_cpu = not on_cuda and all(t is None or t.device.type == 'cpu' for t in tensors)
-    cpu_module = CPU_COMPILED.get(op_name)
-    triton_module = TRITON.get(op_name)
-    if requested == 'kernel' and not (on_cuda and probe_kernel(module_name) is not None):
-        why = 'the tensors are not on CUDA' if not on_cuda else f'{module_name} is not importable'
-        raise OptionError(f'{ENV_OPS}=kernel: {op_name} cannot use the CUDA kernel ({why}); unset {ENV_OPS}')
-    if requested == 'triton' and triton_module:
-        why = _triton_problem(triton_module, on_cuda) if on_cuda or on_cpu else 'the tensors are on mixed devices'
-        if why:
-            raise OptionError(f'{ENV_OPS}=triton: {op_name} cannot use Triton: {why}; unset {ENV_OPS}')
-    if requested == 'numba' and cpu_module and on_cpu and probe_kernel(cpu_module) is None:
-        raise OptionError(f'{ENV_OPS}=numba: numba is not importable; pip install numba, or unset {ENV_OPS}')
-    if requested == 'torch':
-        path, text = 'torch', 'PyTorch (forced)'
-    elif requested == 'triton' and triton_module:
-        path, text = 'triton', 'Triton (forced)' + ('' if on_cuda else ', in Triton\'s interpreter')
-    elif on_cuda and requested in ('auto', 'kernel') and probe_kernel(module_name) is not None:
-        path, text = 'kernel', f'CUDA kernel ({module_name})'
-    elif on_cuda and requested == 'auto' and triton_module and _triton_problem(triton_module, True) is None \
-            and not probe_kernel(triton_module).INTERPRETED:
-        path, text = 'triton', f'Triton ({module_name} not importable)'
-    elif on_cpu and requested in ('auto', 'numba') and cpu_module and probe_kernel(cpu_module) is not None:
-        path, text = 'numba', 'numba-compiled CPU (tensors not on CUDA; without numba, the PyTorch)'
-    elif not on_cuda:
-        path, text = 'torch', 'PyTorch (tensors not on CUDA)'
-    elif requested != 'auto':
-        path, text = 'torch', f'PyTorch (no {requested} version of this op)'
-    else:
-        path, text = 'torch', f'PyTorch ({module_name} not importable' + (', nor triton)' if triton_module else ')')
-    key = (op_name, text)
+def _log_once(op: str, path: Path, note: str) -> None:
+    key = (op, path.name, note)
     if key not in _logged:
         _logged.add(key)
-        logger.info('%s: using the %s path.', op_name, text)
-    return path
+        logger.info('%s: using the %s path%s.', op, path.label, f' ({note})' if note else '')
 
 
-def use_kernel(op_name, module_name, *tensors):
-    """Whether ``op_name`` should run the CUDA kernel from ``module_name`` for these tensors; logs once."""
-    return select(op_name, module_name, *tensors) == 'kernel'
+def select(op: str, tensors: Tensors) -> str:
+    """The name of the path ``op`` takes for ``tensors`` (its arguments by name); logs the choice once."""
+    row = TABLE[op]
+    requested, by = requested_path()
+    if requested != 'auto':
+        path = next((p for p in row if p.name == requested), TORCH)
+        if path.name == requested:
+            why = path.why_not(tensors, True)
+            if why:
+                hint = f'unset {ENV_OPS}' if by.startswith(ENV_OPS) else 'use another path'
+                raise OptionError(f'{by}: {op} cannot use the {path.label} path: {why}; {hint}')
+        _log_once(op, path, f'forced by {by}' + ('' if path.name == requested else f', which {op} does not have'))
+        return path.name
+    device = _device(tensors)
+    passed = []
+    for path in row:
+        if not path.auto or (path.devices is not None and device not in path.devices()):
+            continue
+        why = path.why_not(tensors, False)
+        if why is None:
+            _log_once(op, path, '; '.join(passed))
+            return path.name
+        passed.append(f'not the {path.label}: {why}')
+    raise AssertionError(f'{op}: no path for {device} tensors')  # the PyTorch path serves every device

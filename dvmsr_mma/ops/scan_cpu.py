@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .numba_runtime import (EMPTY1, EMPTY3, FLAGS, MATH_FLAGS, arr, exp32, f32, lane_tasks, log1p_small, run_tasks,
                             stack_f32)
-from .selective_scan import checked_b_c
+from .scan_inputs import checked_b_c
 
 __all__ = ['selective_scan_cpu']
 

@@ -19,6 +19,7 @@ CUDA tensors run the compiled kernels. Under ``TRITON_INTERPRET=1`` (read by Tri
 ``import torch`` already does) every Triton kernel of the process runs in Triton's interpreter instead, on CPU
 tensors too: how the tests check these kernels without a GPU (see :mod:`.dispatch`).
 """
+import inspect
 from typing import Optional
 
 import torch
@@ -26,7 +27,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from .selective_scan import checked_b_c
+from .scan_inputs import checked_b_c
 
 __all__ = ['selective_scan_triton']
 
@@ -54,12 +55,13 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, o
                 d, n, l, nchunks, channels_per_group,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                 SAVE: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, CHUNK: tl.constexpr):
-    bi = tl.program_id(0).to(tl.int64)  # offsets in int64: b d l may pass 2**31
-    ch = tl.program_id(1)
+    # every index in int64, so no offset (channel * stride, step * stride, state * stride) wraps past 2**31
+    bi = tl.program_id(0).to(tl.int64)
+    ch = tl.program_id(1).to(tl.int64)
     g = ch // channels_per_group
-    s = tl.arange(0, NP)
+    s = tl.arange(0, NP).to(tl.int64)
     s_ok = s < n
-    tt = tl.arange(0, T)
+    tt = tl.arange(0, T).to(tl.int64)
     A = tl.load(A_ptr + ch * n + s, mask=s_ok, other=0.0).to(tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + ch).to(tl.float32)
@@ -69,7 +71,7 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, o
     for blk in range(0, tl.cdiv(l, T)):
         if SAVE:
             if (blk * T) % CHUNK == 0:
-                tl.store(states_ptr + ((bi * d + ch) * NP + s) * nchunks + (blk * T) // CHUNK, h)
+                tl.store(states_ptr + (((bi * d + ch) * NP + s) * nchunks + (blk * T) // CHUNK), h)
         t = blk * T + tt
         t_ok = t < l
         u = tl.load(u_ptr + bi * su_b + ch * su_d + t * su_l, mask=t_ok, other=0.0).to(tl.float32)
@@ -108,13 +110,13 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g
                 d, n, l, nchunks, channels_per_group, gbc_rows,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                 ATOMIC: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CB: tl.constexpr):
-    bi = tl.program_id(0).to(tl.int64)  # offsets in int64: b d l may pass 2**31
-    pd = tl.program_id(1)
+    bi = tl.program_id(0).to(tl.int64)  # every index in int64, as in the forward
+    pd = tl.program_id(1).to(tl.int64)
     ch = pd * BD + tl.arange(0, BD)  # BD channels of one group (BD divides channels_per_group)
     g = (pd * BD) // channels_per_group
-    s = tl.arange(0, NP)
+    s = tl.arange(0, NP).to(tl.int64)
     s_ok = s < n
-    tt = tl.arange(0, T)
+    tt = tl.arange(0, T).to(tl.int64)
     lane = bi * d + ch
     A = tl.load(A_ptr + ch[:, None] * n + s[None, :], mask=s_ok[None, :], other=0.0).to(tl.float32)
     if HAS_D:
@@ -134,11 +136,11 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g
     for ci in range(0, nchunks):
         c = nchunks - 1 - ci
         # block-start states of this chunk, recomputed from the saved chunk-start state
-        h = tl.load(states_ptr + st_off * nchunks + c)
+        h = tl.load(states_ptr + (st_off * nchunks + c))
         for k in range(0, CB):
             blk = c * CB + k
             if blk < nblocks:
-                tl.store(scratch_ptr + st_off * CB + k, h)
+                tl.store(scratch_ptr + (st_off * CB + k), h)
                 t = blk * T + tt
                 t_ok = t < l
                 u = tl.load(u_ptr + bi * su_b + ch[:, None] * su_d + t[None, :] * su_l, mask=t_ok[None, :],
@@ -164,7 +166,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g
             k = CB - 1 - ki
             blk = c * CB + k
             if blk < nblocks:
-                h0 = tl.load(scratch_ptr + st_off * CB + k)
+                h0 = tl.load(scratch_ptr + (st_off * CB + k))
                 t = blk * T + tt
                 t_ok = t < l
                 t1_ok = t + 1 < l
@@ -248,6 +250,15 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g
 
 
 INTERPRETED = not isinstance(_fwd_kernel, JITFunction)  # TRITON_INTERPRET=1 when triton was imported
+
+
+def version_problem() -> Optional[str]:
+    """Why the installed Triton cannot compile these kernels, or None: the backward's reverse scan needs
+    ``tl.associative_scan(..., reverse=True)``, which Triton 3.0 introduced (triton-lang/triton#3177)."""
+    if 'reverse' not in inspect.signature(tl.associative_scan).parameters:
+        return (f'triton {triton.__version__} has no tl.associative_scan(reverse=...); the Triton scan needs '
+                'triton >= 3.0 (torch >= 2.4)')
+    return None
 
 
 def _groups(x: torch.Tensor) -> torch.Tensor:
@@ -337,7 +348,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
 def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                           D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
                           delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False) -> torch.Tensor:
-    """The Triton selective scan; inputs as :func:`~dvmsr_mma.ops.selective_scan.checked_b_c` takes them."""
+    """The Triton selective scan; inputs as :func:`~dvmsr_mma.ops.scan_inputs.checked_b_c` takes them."""
     B, C = checked_b_c(u, delta, A, B, C, D, z, delta_bias)
     A = A.contiguous()
     D = D.contiguous() if D is not None else None

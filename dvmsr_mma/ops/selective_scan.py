@@ -14,7 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .cuda_kernels import kernel_function
 from .dispatch import select
+from .scan_inputs import _prepare, checked_b_c
 
 __all__ = ['selective_scan', 'selective_scan_torch', 'selective_scan_step_loop']
 
@@ -57,20 +59,6 @@ def _bc_from_chunks(x, seqlen):
     """(t, b, g, 1, k, n) -> (b, g, n, l)."""
     t, b, g, _, k, n = x.shape
     return x.squeeze(3).permute(1, 2, 4, 3, 0).reshape(b, g, n, k * t)[..., :seqlen]
-
-
-def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
-    """fp32 copies, delta with bias and softplus applied, B/C as (b, g, n, l)."""
-    u = u.float()
-    delta_raw = delta.float()
-    if delta_bias is not None:
-        delta_raw = delta_raw + delta_bias.float()[:, None]
-    dt = F.softplus(delta_raw) if delta_softplus else delta_raw
-    B = B.float()
-    C = C.float()
-    B = B.unsqueeze(1) if B.dim() == 3 else B
-    C = C.unsqueeze(1) if C.dim() == 3 else C
-    return u, delta_raw, dt, A.float(), B, C
 
 
 def _step(h, buf, dt_t, du_t, A_, B_t):
@@ -236,49 +224,6 @@ class _SelectiveScanFn(torch.autograd.Function):
                 g_C.to(C.dtype), g_D, g_z, g_delta_bias, None)
 
 
-def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
-    """One line naming the tensor whose shape does not fit, instead of a reshape error deep in the scan."""
-    if u.dim() != 3:
-        raise ValueError(f'selective_scan: u must be (b, d, l), got {tuple(u.shape)}')
-    b, d, l = u.shape
-    if A.dim() != 2 or A.shape[0] != d:
-        raise ValueError(f'selective_scan: A must be (d, n) = ({d}, n), got {tuple(A.shape)}')
-    n = A.shape[1]
-    for name, x in (('delta', delta), ('z', z)):
-        if x is not None and tuple(x.shape) != (b, d, l):
-            raise ValueError(f'selective_scan: {name} must have the shape of u {(b, d, l)}, got {tuple(x.shape)}')
-    for name, x in (('D', D), ('delta_bias', delta_bias)):
-        if x is not None and tuple(x.shape) != (d, ):
-            raise ValueError(f'selective_scan: {name} must be ({d},), got {tuple(x.shape)}')
-    for name, x in (('B', B), ('C', C)):
-        fits = ((x.dim() == 2 and tuple(x.shape) == (d, n)) or (x.dim() == 3 and tuple(x.shape) == (b, n, l))
-                or (x.dim() == 4 and x.shape[0] == b and tuple(x.shape[2:]) == (n, l) and d % x.shape[1] == 0))
-        if not fits:
-            raise ValueError(f'selective_scan: {name} must be ({d}, {n}) (time-invariant), ({b}, {n}, {l}) or '
-                             f'({b}, g, {n}, {l}) with g dividing {d}; got {tuple(x.shape)}')
-
-
-def _per_channel(x, b, d, l):
-    """B or C as (b, d, n, l): a time-invariant (d, n) one broadcast over batch and time, a grouped one repeated."""
-    if x.dim() == 2:
-        return x[None, :, :, None].expand(b, d, x.shape[1], l)
-    x = x.unsqueeze(1) if x.dim() == 3 else x
-    return x.repeat_interleave(d // x.shape[1], dim=1)
-
-
-def checked_b_c(u, delta, A, B, C, D, z, delta_bias):
-    """What every non-kernel path does first: refuse complex A and bad shapes in one line; return B and C, a
-    time-invariant ``(d, n)`` one broadcast to ``(b, d, n, l)`` (one group per channel: exact, but O(b d n l)
-    memory; the Mamba blocks of DVMSR and MMA use time-varying B and C). Autograd sums its gradient back."""
-    if A.is_complex():
-        raise NotImplementedError('selective_scan: real A only (complex A is not supported off the CUDA kernel)')
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    if B.dim() == 2 or C.dim() == 2:
-        b, d, l = u.shape
-        B, C = _per_channel(B, b, d, l), _per_channel(C, b, d, l)
-    return B, C
-
-
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """Exact PyTorch selective scan (any device, any length), with its own O(sqrt(l))-step backward; inputs as
     :func:`checked_b_c` takes them."""
@@ -315,18 +260,18 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """Selective scan with ``mamba_ssm``'s ``selective_scan_fn`` signature. u, delta, z: (b, d, l); A: (d, n);
     B, C: (b, n, l), (b, g, n, l) or time-invariant (d, n); D, delta_bias: (d,).
 
-    Returns (b, d, l) in u's dtype. Runs ``selective_scan_cuda`` (through ``mamba_ssm``) when it is importable
-    and the tensors are on CUDA, else the Triton scan (:mod:`.scan_triton`) when triton imports; the numba scan
-    (:mod:`.scan_cpu`) when numba imports and they are on the CPU; the exact PyTorch path otherwise or when forced
+    Returns (b, d, l) in u's dtype. CUDA tensors run ``selective_scan_cuda`` (through ``mamba_ssm``) when it
+    imports and accepts them (:mod:`.cuda_kernels`), else the Triton scan (:mod:`.scan_triton`); CPU tensors the
+    numba scan (:mod:`.scan_cpu`) when numba imports; the exact PyTorch path otherwise or when forced
     (see :mod:`.dispatch`).
     ``return_last_state`` (for step-by-step decoding) is not supported.
     """
     if return_last_state:
         raise NotImplementedError('selective_scan: return_last_state is not supported (a streaming feature of '
                                   'mamba_ssm that super-resolution does not use)')
-    path = select('selective_scan', 'selective_scan_cuda', u, delta, A, B, C, D, z, delta_bias)
+    path = select('selective_scan', dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias))
     if path == 'kernel':
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        selective_scan_fn = kernel_function('selective_scan')
         return selective_scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
     if path == 'triton':
         from .scan_triton import selective_scan_triton
@@ -334,4 +279,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if path == 'numba':
         from .scan_cpu import selective_scan_cpu
         return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if path == 'graph':
+        from .scan_graph import selective_scan_graph
+        return selective_scan_graph(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

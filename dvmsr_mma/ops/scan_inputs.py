@@ -1,0 +1,64 @@
+"""The input checks every non-kernel selective scan path runs first (PyTorch, numba, Triton).
+
+A leaf module: the implementations import it, and it imports none of them nor the dispatch.
+"""
+import torch.nn.functional as F
+
+__all__ = ['checked_b_c']
+
+
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
+    """One line naming the tensor whose shape does not fit, instead of a reshape error deep in the scan."""
+    if u.dim() != 3:
+        raise ValueError(f'selective_scan: u must be (b, d, l), got {tuple(u.shape)}')
+    b, d, l = u.shape
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f'selective_scan: A must be (d, n) = ({d}, n), got {tuple(A.shape)}')
+    n = A.shape[1]
+    for name, x in (('delta', delta), ('z', z)):
+        if x is not None and tuple(x.shape) != (b, d, l):
+            raise ValueError(f'selective_scan: {name} must have the shape of u {(b, d, l)}, got {tuple(x.shape)}')
+    for name, x in (('D', D), ('delta_bias', delta_bias)):
+        if x is not None and tuple(x.shape) != (d, ):
+            raise ValueError(f'selective_scan: {name} must be ({d},), got {tuple(x.shape)}')
+    for name, x in (('B', B), ('C', C)):
+        fits = ((x.dim() == 2 and tuple(x.shape) == (d, n)) or (x.dim() == 3 and tuple(x.shape) == (b, n, l))
+                or (x.dim() == 4 and x.shape[0] == b and tuple(x.shape[2:]) == (n, l) and d % x.shape[1] == 0))
+        if not fits:
+            raise ValueError(f'selective_scan: {name} must be ({d}, {n}) (time-invariant), ({b}, {n}, {l}) or '
+                             f'({b}, g, {n}, {l}) with g dividing {d}; got {tuple(x.shape)}')
+
+
+def _per_channel(x, b, d, l):
+    """B or C as (b, d, n, l): a time-invariant (d, n) one broadcast over batch and time, a grouped one repeated."""
+    if x.dim() == 2:
+        return x[None, :, :, None].expand(b, d, x.shape[1], l)
+    x = x.unsqueeze(1) if x.dim() == 3 else x
+    return x.repeat_interleave(d // x.shape[1], dim=1)
+
+
+def checked_b_c(u, delta, A, B, C, D, z, delta_bias):
+    """What every non-kernel path does first: refuse complex A and bad shapes in one line; return B and C, a
+    time-invariant ``(d, n)`` one broadcast to ``(b, d, n, l)`` (one group per channel: exact, but O(b d n l)
+    memory; the Mamba blocks of DVMSR and MMA use time-varying B and C). Autograd sums its gradient back."""
+    if A.is_complex():
+        raise NotImplementedError('selective_scan: real A only (complex A is not supported off the CUDA kernel)')
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    if B.dim() == 2 or C.dim() == 2:
+        b, d, l = u.shape
+        B, C = _per_channel(B, b, d, l), _per_channel(C, b, d, l)
+    return B, C
+
+
+def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
+    """fp32 copies, delta with bias and softplus applied, B/C as (b, g, n, l)."""
+    u = u.float()
+    delta_raw = delta.float()
+    if delta_bias is not None:
+        delta_raw = delta_raw + delta_bias.float()[:, None]
+    dt = F.softplus(delta_raw) if delta_softplus else delta_raw
+    B = B.float()
+    C = C.float()
+    B = B.unsqueeze(1) if B.dim() == 3 else B
+    C = C.unsqueeze(1) if C.dim() == 3 else C
+    return u, delta_raw, dt, A.float(), B, C
