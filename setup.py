@@ -18,6 +18,7 @@ setup(
         'pyyaml',
         'tqdm',
         'safetensors',  # .safetensors checkpoints (logger.save_checkpoint_format, pretrain_network_*)
+        'pydantic>=2',  # the option schema (dvmsr_mma/option_schema.py)
     ],
     extras_require={
         # Training, testing, the demo and dataset preparation: BasicSR's pipelines. Install torch first and this with
@@ -41,7 +42,8 @@ setup(
         # ArchSupport entries for chaiNNer / ComfyUI's model loader (dvmsr_mma.spandrel).
         'spandrel': ['spandrel'],
         # triton runs the Triton scan's tests in its interpreter; it comes with PyTorch's Linux x86-64 CUDA wheels.
-        'test': ['pytest', 'pytest-timeout', 'triton; platform_system == "Linux" and platform_machine == "x86_64"'],
+        'test': ['pytest', 'pytest-timeout', 'hypothesis',  # hypothesis: the option files' property tests
+                 'triton; platform_system == "Linux" and platform_machine == "x86_64"'],
     },
     entry_points={'console_scripts': ['basicsr = dvmsr_mma.cli:main']},
     license='Apache-2.0',

@@ -127,10 +127,12 @@ def arrange_benchmark(src_root: str,
 
 
 def _read(path: str):
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise PrepError(f'unreadable image: {path}')
-    return img
+    from dvmsr_mma.image_io import ImageReadError, read_image  # not at import: dvmsr_mma imports datasets_prep
+
+    try:
+        return read_image(path)
+    except ImageReadError as err:
+        raise PrepError(f'unreadable image: {err}') from None
 
 
 def _write(path: str, img, overwrite: bool) -> bool:

@@ -51,8 +51,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument('--n-thread', type=int, help='processes for --multiprocessing-read (default: all cores)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing LMDB (only once the new one is done)')
 
-    p = sub.add_parser('verify', help='check an LMDB (and its HR/LR pairing)')
-    p.add_argument('--input', required=True, help='LMDB to check (the HR one with --lr)')
+    p = sub.add_parser('verify', help='check an LMDB (and its HR/LR pairing), or decode every image of a folder')
+    p.add_argument('--input', required=True, help='LMDB or image folder to check (the HR LMDB with --lr)')
     p.add_argument('--lr', help='LR LMDB to pair with --input')
     p.add_argument('--scale', type=int, help='HR = scale x LR (with --lr)')
 

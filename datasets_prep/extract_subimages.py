@@ -13,6 +13,7 @@ One difference: BasicSR crashes on an image smaller than the crop; here it is sk
 """
 import os
 import os.path as osp
+import sys
 from multiprocessing import Pool
 from typing import List, Optional, Tuple
 
@@ -38,13 +39,16 @@ def subimage_stem(stem: str) -> str:
     return stem.replace('x2', '').replace('x3', '').replace('x4', '').replace('x8', '')
 
 
-def _worker(job: Tuple[str, str, int, int, int, int]) -> Tuple[str, int, int]:
-    """-> (input name, tiles written (-1: unreadable, 0: too small), bytes written)."""
+def _worker(job: Tuple[str, str, int, int, int, int]) -> Tuple[str, int, int, str]:
+    """-> (input name, tiles written (-1: unreadable, 0: too small), bytes written, why it is unreadable)."""
+    from dvmsr_mma.image_io import ImageReadError, read_image  # not at import: dvmsr_mma imports datasets_prep
+
     path, save_folder, crop_size, step, thresh_size, level = job
     name = osp.basename(path)
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        return name, -1, 0
+    try:
+        img = read_image(path)
+    except ImageReadError as err:
+        return name, -1, 0, str(err)
     stem, ext = osp.splitext(name)
     stem = subimage_stem(stem)
     h, w = img.shape[:2]
@@ -57,7 +61,7 @@ def _worker(job: Tuple[str, str, int, int, int, int]) -> Tuple[str, int, int]:
             tile = np.ascontiguousarray(img[top:top + crop_size, left:left + crop_size, ...])
             cv2.imwrite(out, tile, [cv2.IMWRITE_PNG_COMPRESSION, level])
             nbytes += osp.getsize(out)
-    return name, index, nbytes
+    return name, index, nbytes, ''
 
 
 def extract_subimages(input_folder: str,
@@ -97,9 +101,10 @@ def extract_subimages(input_folder: str,
         pool = Pool(n_thread) if n_thread > 1 else None
         try:
             results = pool.imap_unordered(_worker, jobs) if pool else map(_worker, jobs)
-            for name, count, size in results:
+            for name, count, size, why in results:
                 bar.update(1)
                 if count < 0:
+                    tqdm.write(f'failed: {why}', file=sys.stderr)
                     unreadable.append(name)
                 elif count == 0:
                     too_small.append(name)

@@ -14,6 +14,7 @@ does, so sub-images of either naming get the same keys).
 """
 import os
 import os.path as osp
+import sys
 from multiprocessing import Pool
 from typing import Optional, Tuple
 
@@ -40,14 +41,17 @@ def bicubic_downscale(img: np.ndarray, scale: int) -> np.ndarray:
     return np.clip(lr * max_val, 0, max_val).round().astype(img.dtype)
 
 
-def _worker(job: Tuple[str, str, int, int]) -> Tuple[str, Optional[int]]:
-    """(HR path, LR path, scale, png level) -> (HR name, bytes written or None if unreadable)."""
+def _worker(job: Tuple[str, str, int, int]) -> Tuple[str, Optional[int], str]:
+    """(HR path, LR path, scale, png level) -> (HR name, bytes written or None if unreadable, why)."""
+    from dvmsr_mma.image_io import ImageReadError, read_image  # not at import: dvmsr_mma imports datasets_prep
+
     src, dst, scale, level = job
-    img = cv2.imread(src, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        return osp.basename(src), None
+    try:
+        img = read_image(src)
+    except ImageReadError as err:
+        return osp.basename(src), None, str(err)
     cv2.imwrite(dst, bicubic_downscale(img, scale), [cv2.IMWRITE_PNG_COMPRESSION, level])
-    return osp.basename(src), osp.getsize(dst)
+    return osp.basename(src), osp.getsize(dst), ''
 
 
 def _init_worker() -> None:
@@ -93,9 +97,10 @@ def make_lr(hr_dir: str,
             try:
                 results = (pool.imap_unordered(_worker, jobs, chunksize=max(1, len(jobs) // (8 * n_thread)))
                            if pool else map(_worker, jobs))
-                for name, nbytes in results:
+                for name, nbytes, why in results:
                     bar.update(1)
                     if nbytes is None:
+                        tqdm.write(f'failed: {why}', file=sys.stderr)
                         unreadable.append(name)
                     else:
                         written, total = written + 1, total + nbytes

@@ -6,17 +6,20 @@
 - LMDB keys missing from ``meta_info.txt`` are reported too (BasicSR would never read them);
 - with ``lr_path`` and ``scale``: HR and LR have the same keys and HR (h, w) == scale × LR (h, w),
   which is what ``PairedImageDataset``'s ``paired_random_crop`` requires.
+An image folder (``--input`` without ``data.mdb``) has every image decoded, one ``failed: <path>: <why>`` line
+per bad file as it is found (truncated, empty, not an image, past the decoder's pixel cap).
 Problems raise ``VerifyError`` whose message names the keys; ``python -m datasets_prep verify`` exits 1.
 """
 import os.path as osp
 import re
+import sys
 from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from datasets_prep.common import PrepError, Summary, Timer, folder_bytes, name_list
+from datasets_prep.common import PrepError, Summary, Timer, folder_bytes, list_images, name_list
 
 META_LINE = re.compile(r'^(?P<name>\S+) \((?P<shape>\d+(?:, ?\d+)*)\) (?P<level>\d+)$')
 
@@ -88,11 +91,36 @@ def _raise(problems: List[Tuple[str, str]], where: str) -> None:
     raise VerifyError(f'{where}: {len(problems)} problem(s): {detail}', problems)
 
 
+def verify_folder(folder: str, progress: bool = True) -> Summary:
+    """Decode every image directly in ``folder``; raises ``VerifyError`` naming the bad ones."""
+    from dvmsr_mma.image_io import ImageReadError, read_image  # not at import: dvmsr_mma imports datasets_prep
+
+    names = list_images(folder)
+    bad = []
+    with Timer() as timer:
+        for name in tqdm(names, unit='img', desc=f'verify {osp.basename(folder.rstrip("/"))}', disable=not progress):
+            try:
+                read_image(osp.join(folder, name))
+            except ImageReadError as err:
+                tqdm.write(f'failed: {err}', file=sys.stderr)
+                bad.append(name)
+    if bad:
+        raise VerifyError(f'{folder}: {len(bad)} of {len(names)} images do not decode: {name_list(bad)}',
+                          [(name, 'does not decode') for name in bad])
+    return Summary('verify', len(names), folder_bytes(folder), timer.seconds, folder, {})
+
+
 def verify_lmdb(lmdb_path: str, lr_path: Optional[str] = None, scale: Optional[int] = None,
                 progress: bool = True) -> Summary:
-    """Verify one LMDB, or an HR/LR pair with ``lr_path`` and ``scale``; raises ``VerifyError`` on problems."""
+    """Verify one LMDB, or an HR/LR pair with ``lr_path`` and ``scale``; raises ``VerifyError`` on problems. A
+    folder that is not an LMDB is checked by :func:`verify_folder`."""
     if (lr_path is None) != (scale is None):
         raise PrepError('--lr and --scale go together')
+    is_lmdb = osp.isfile(osp.join(lmdb_path, 'data.mdb')) or lmdb_path.rstrip('/').endswith('.lmdb')
+    if osp.isdir(lmdb_path) and not is_lmdb:
+        if lr_path is not None:
+            raise PrepError('--lr and --scale check LMDBs; for an image folder give --input only')
+        return verify_folder(lmdb_path, progress)
     with Timer() as timer:
         shapes, problems = _check_one(lmdb_path, progress)
         if problems:
@@ -116,4 +144,4 @@ def verify_lmdb(lmdb_path: str, lr_path: Optional[str] = None, scale: Optional[i
     return Summary('verify', count, total, timer.seconds, lmdb_path, extra)
 
 
-__all__ = ['verify_lmdb', 'read_meta_info', 'VerifyError']
+__all__ = ['verify_lmdb', 'verify_folder', 'read_meta_info', 'VerifyError']

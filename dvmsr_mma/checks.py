@@ -7,11 +7,12 @@ key of a checkpoint for another network. Here each is one :class:`~dvmsr_mma.err
 option, the value or file, and the fix, raised right after the options are parsed (before the run folder, logger,
 datasets or networks exist) or, for a checkpoint's keys, as BasicSR loads it (the file is read once). Images are
 checked from their headers (or the shapes in an LMDB's ``meta_info.txt``), so even large datasets are checked in
-seconds.
+seconds. Types, ranges and known keys are the schema's (:mod:`dvmsr_mma.option_schema`, validated first, also on
+the file before ``parse_options`` indexes into it); this module keeps what a schema cannot say: files exist, HR/LR
+pairing and sizes, networks build and fit in memory, batches fit the dataset, weights fit the network.
 """
-import difflib
+import copy
 import functools
-import inspect
 import os
 import os.path as osp
 import re
@@ -22,11 +23,10 @@ from PIL import Image
 from torch import nn
 
 from datasets_prep.common import IMG_EXTENSIONS, iter_image_files
-from dvmsr_mma.checkpoint_io import CHECKPOINT_FORMATS
 from dvmsr_mma.distillation_options import NO_TEACHER
 from dvmsr_mma.errors import OptionError
-from dvmsr_mma.nan_guard import NAN_POLICIES
-from dvmsr_mma.precision import AMP_CHOICES
+from dvmsr_mma.option_schema import network_arguments_problem  # noqa: F401  (dvmsr_mma.infer imports it here)
+from dvmsr_mma.option_schema import NUMBER_PATTERN, not_a_number, signature_parameters, validate_options, warn
 from dvmsr_mma.train_step import AMP_AWARE
 from dvmsr_mma.weights import check_finite, few_names, load_checkpoint, state_dict_mismatch, without_module_prefix
 
@@ -37,30 +37,9 @@ ROOTS = {  # dataset type -> the image roots it reads (HR first); other types ge
     'SingleImageDataset': ('dataroot_lq',),
     **dict.fromkeys(IMAGENET_TYPES, ('dataroot_gt',)),
 }
-WHOLE_NUMBERS = (  # option (* = every dataset), least value, float allowed (BasicSR's files write !!float 5e3)
-    ('scale', 1, False, 'scale: 4'),
-    ('num_gpu', 0, False, 'num_gpu: auto'),
-    ('datasets.*.gt_size', 1, False, 'gt_size: 128'),
-    ('datasets.*.batch_size_per_gpu', 1, False, 'batch_size_per_gpu: 16'),
-    ('datasets.*.num_worker_per_gpu', 0, False, 'num_worker_per_gpu: 4'),
-    ('train.total_iter', 1, True, 'total_iter: 500000'),
-    ('train.warmup_iter', -1, True, 'warmup_iter: -1'),
-    ('val.val_freq', 1, True, 'val_freq: 5000'),
-    ('logger.print_freq', 1, True, 'print_freq: 100'),
-    ('logger.save_checkpoint_freq', 1, True, 'save_checkpoint_freq: 5000'),
-    ('train.nan_skip_limit', 1, False, 'nan_skip_limit: 10'),
-)
-CHOICES = (  # option, the values it takes (None: ~); false is off as well where ~ is a choice
-    ('train.amp', AMP_CHOICES),
-    ('val.amp', AMP_CHOICES),
-    ('train.nan_policy', (*NAN_POLICIES, None)),
-    ('logger.save_checkpoint_format', (*CHECKPOINT_FORMATS, None)),
-)
 # options honoured only by a model whose optimize_parameters (train.*) or test (val.amp) is dvmsr_mma's
 AMP_AWARE_OPTIONS = (('train.amp', 'optimize_parameters'), ('train.nan_policy', 'optimize_parameters'),
                      ('train.nan_skip_limit', 'optimize_parameters'), ('val.amp', 'test'))
-NUMBERS = (('train.optim_g.lr', 'lr: 2.0e-4'), ('train.ema_decay', 'ema_decay: 0.999'))
-_NUMBER = re.compile(r'[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?')
 _TEXT_KEYS = ('name', 'type', 'suffix', 'filename_tmpl', 'path', 'wandb')  # text even if it looks like a number
 
 
@@ -80,6 +59,9 @@ def install() -> None:
 def _checking_options(parse_options: Callable) -> Callable:
     @functools.wraps(parse_options)
     def parse_options_checked(*args, **kwargs):
+        raw = _raw_options()
+        if raw is not None:  # before parse_options, which indexes into the mappings and paths it expects
+            warn(validate_options(raw))
         try:
             opt, args_ = parse_options(*args, **kwargs)
         except KeyError as err:  # parse_options reads num_gpu (and the keys --force_yml changes) with []
@@ -92,6 +74,34 @@ def _checking_options(parse_options: Callable) -> Callable:
         return opt, args_
 
     return parse_options_checked
+
+
+def _raw_options() -> Optional[Dict[str, Any]]:
+    """The options ``parse_options`` will read (its ``-opt`` file with its loader, ``--force_yml`` applied as it
+    applies them), or None where it would fail first itself (no such file, a --force_yml key the file lacks)."""
+    import argparse
+    import sys
+
+    import yaml
+    from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('-opt')
+    parser.add_argument('--force_yml', nargs='+', default=None)
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    try:
+        with open(args.opt, encoding='utf-8') as f:
+            opt = yaml.load(f, Loader=ordered_yaml()[0])
+        for entry in args.force_yml or ():
+            keys, value = entry.split('=')
+            *parents, last = keys.strip().split(':')
+            target = opt
+            for key in parents:
+                target = target[key]
+            target[last] = _postprocess_yml_value(value.strip())
+    except (OSError, TypeError, KeyError, ValueError, yaml.YAMLError):
+        return None
+    return opt
 
 
 def load_network(self, net: nn.Module, load_path: str, strict: bool = True, param_key: Optional[str] = 'params'):
@@ -111,9 +121,10 @@ def load_network(self, net: nn.Module, load_path: str, strict: bool = True, para
 
 def check_options(opt: Mapping[str, Any]) -> None:
     """Raise one OptionError line for the first problem in parsed options (``parse_options``'s output)."""
+    warn(validate_options(opt))
     _check_required(opt)
-    _check_values(opt)
-    _check_choices(opt)
+    _check_numbers_as_text(opt)
+    _check_amp_options(opt)
     _check_types(opt)
     scale = opt['scale']
     for phase, dataset_opt in opt['datasets'].items():
@@ -130,56 +141,83 @@ def check_options(opt: Mapping[str, Any]) -> None:
 
 
 def _check_types(opt: Mapping[str, Any]) -> None:
-    """Every ``network_*`` type is registered and takes the arguments given, the networks upsample by ``scale``,
-    and a distillation run names its teacher: BasicSR finds out only when it builds the model (a ``TypeError``
-    traceback) or at the first validation (a tensor size mismatch), after it has made the run's folder (which a
-    rerun then archives)."""
+    """The networks upsample by ``scale``, can be built with these arguments and fit in memory, and a distillation
+    run names its teacher: BasicSR finds out only when it builds the model (a traceback, or the machine swapping)
+    or at the first validation (a tensor size mismatch), after it has made the run's folder (which a rerun then
+    archives). Types and argument names are the schema's (:mod:`dvmsr_mma.option_schema`)."""
     from basicsr.utils.registry import ARCH_REGISTRY
 
     for key, network_opt in opt.items():
         if key.startswith('network_') and isinstance(network_opt, Mapping) and 'type' in network_opt:
-            cls = ARCH_REGISTRY.get(network_opt['type'])  # an OptionError naming close names
+            cls = ARCH_REGISTRY.get(network_opt['type'])
             kwargs = {k: v for k, v in network_opt.items() if k != 'type'}
-            problem = network_arguments_problem(network_opt['type'], cls, kwargs)
-            if problem:
-                raise OptionError(f'{key}: {problem}')
             if key != 'network_d':  # a discriminator does not upsample
                 _check_upscale(key, network_opt['type'], cls, kwargs, opt['scale'])
+            _check_network_fits(key, network_opt['type'], cls, kwargs, opt.get('is_train', False))
     if opt['is_train'] and opt.get('model_type') == 'DistillationModel' and 'network_t' in opt and not (
             opt['path'].get('pretrain_network_t') or opt.get('auto_resume') or opt['path'].get('resume_state')):
         raise OptionError(NO_TEACHER)
 
 
-def _parameters(cls: Callable) -> Tuple[Mapping[str, inspect.Parameter], bool]:
-    """The named constructor parameters of ``cls``, and whether it takes ``**kwargs`` too (or has no signature)."""
+MAX_MODULES = 100_000  # the released networks have a few hundred to a few thousand
+
+
+class _TooManyModules(Exception):
+    pass
+
+
+def _check_network_fits(key: str, arch: str, cls: Callable, kwargs: Mapping[str, Any], is_train: bool) -> None:
+    """Build the network on PyTorch's ``meta`` device (no memory, no time): a constructor that refuses its
+    arguments (``embed_dim: -1``) is one line, and so are weights (with, in training, their gradients and Adam's
+    two moments) larger than the memory free now. ``torch.linspace`` stays on the CPU while building: drop-path
+    rates are read from it with ``.item()``, which a meta tensor cannot do. A network that cannot be built on
+    ``meta`` for another reason is left to BasicSR."""
+    import torch
+
+    from dvmsr_mma.infer import available_bytes, format_bytes
+
+    linspace, module_init, built = torch.linspace, nn.Module.__init__, [0]
+
+    def counting_init(self, *args, **kwargs):
+        built[0] += 1
+        if built[0] > MAX_MODULES:
+            raise _TooManyModules()
+        module_init(self, *args, **kwargs)
+
+    torch.linspace = functools.partial(linspace, device='cpu')
+    nn.Module.__init__ = counting_init
     try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return {}, True
-    named = {name: p for name, p in params.items()
-             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
-    return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def network_arguments_problem(arch: str, cls: Callable, kwargs: Mapping[str, Any]) -> str:
-    """Why ``cls(**kwargs)`` would raise a ``TypeError`` (an unknown or a missing argument), said with the
-    arguments ``arch`` takes; '' when it would not."""
-    params, any_kwargs = _parameters(cls)
-    takes = f'{arch} takes {", ".join(params) or "no arguments"}'
-    for name in kwargs:
-        if name not in params and not any_kwargs:
-            close = difflib.get_close_matches(str(name), list(params), n=1, cutoff=0.8)
-            hint = f' (did you mean {close[0]}?)' if close else ''
-            return f'{arch} got an unexpected argument {name}{hint}; {takes}'
-    missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty and name not in kwargs]
-    if missing:
-        return f'{arch} needs {", ".join(missing)} (not set); {takes}'
-    return ''
+        with torch.device('meta'):
+            net = cls(**copy.deepcopy(dict(kwargs)))
+    except _TooManyModules:
+        raise OptionError(f'{key}: {arch} with these arguments has more than {MAX_MODULES:,} layers (modules); use '
+                          'smaller depths / num_block') from None
+    except NotImplementedError:
+        return
+    except (TypeError, ValueError, RuntimeError, AssertionError, IndexError, ZeroDivisionError, OverflowError,
+            MemoryError) as err:
+        if 'meta' in str(err):
+            return
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise OptionError(f'{key}: {arch} cannot be built with these arguments: {type(err).__name__}: {detail}; '
+                          f'fix the argument it names (see {arch}\'s defaults)') from None
+    finally:
+        torch.linspace, nn.Module.__init__ = linspace, module_init
+    if not isinstance(net, nn.Module):
+        return
+    count = sum(p.numel() for p in net.parameters())
+    needed = count * 4 * (4 if is_train else 1)
+    free = available_bytes(torch.device('cpu'))
+    if free is not None and needed > free:
+        what = 'weights, gradients and Adam moments (float32)' if is_train else 'weights (float32)'
+        raise OptionError(f'{key}: {arch} with these arguments has {count:,} parameters: its {what} need '
+                          f'{format_bytes(needed)}, more than the {format_bytes(free)} free here; use smaller '
+                          'sizes (embed_dim, num_feat, depths, num_block, ...)')
 
 
 def _check_upscale(key: str, arch: str, cls: Callable, kwargs: Mapping[str, Any], scale: int) -> None:
     """The network's ``upscale`` (or ``scale``, as RRDBNet calls it), given or its default, equals ``scale``."""
-    params, _ = _parameters(cls)
+    params, _ = signature_parameters(cls)
     if 'upsampler' in params and kwargs.get('upsampler', params['upsampler'].default) in ('', None):
         return  # SwinIR / HAT without an upsampler: restoration at scale 1, upscale unused
     name = next((n for n in ('upscale', 'scale') if n in params), None)
@@ -254,36 +292,16 @@ def _check_required(opt: Mapping[str, Any]) -> None:
             raise OptionError(f'{option}: not set; add it, e.g. {example}')
 
 
-def _check_values(opt: Mapping[str, Any]) -> None:
-    for pattern, least, float_ok, example in WHOLE_NUMBERS:
-        for option in _expand(opt, pattern):
-            value = _lookup(opt, option)
-            if value in (_MISSING, None):
-                continue
-            whole = isinstance(value, int) and not isinstance(value, bool)
-            if not (whole or float_ok and isinstance(value, float) and value.is_integer()):
-                raise OptionError(_not_a_number(option, value, example, whole=True))
-            if value < least:
-                raise OptionError(f'{option}: {value} is less than {least}; write e.g. {example}')
-    for option, example in NUMBERS:
-        value = _lookup(opt, option)
-        if value not in (_MISSING, None) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise OptionError(_not_a_number(option, value, example, whole=False))
+def _check_numbers_as_text(opt: Mapping[str, Any]) -> None:
     for option, value in _numbers_as_text(opt, ''):
-        raise OptionError(_not_a_number(option, value, '', whole=False))
+        raise OptionError(f'{option}: {not_a_number(value, option.rsplit(".", 1)[-1], "", whole=False)}')
 
 
-def _check_choices(opt: Mapping[str, Any]) -> None:
-    """Each option of :data:`CHOICES` holds one of its values, and the amp / NaN-guard options are set only for a
-    model that honours them (one whose step or test would otherwise ignore them, silently)."""
+def _check_amp_options(opt: Mapping[str, Any]) -> None:
+    """The amp / NaN-guard options are set only for a model that honours them (one whose step or test would
+    otherwise ignore them, silently)."""
     from basicsr.utils.registry import MODEL_REGISTRY
 
-    for option, choices in CHOICES:
-        value = _lookup(opt, option)
-        if value is _MISSING or value in choices or (value is False and None in choices):
-            continue
-        names = ', '.join('~' if choice is None else str(choice) for choice in choices)
-        raise OptionError(f'{option}: {value!r} is not one of {names}')
     model_type = opt.get('model_type')
     if not isinstance(model_type, str) or model_type not in MODEL_REGISTRY:
         return
@@ -306,25 +324,8 @@ def _numbers_as_text(value: Any, where: str) -> Iterator[Tuple[str, str]]:
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             yield from _numbers_as_text(item, f'{where}[{i}]')
-    elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()) and 'e' in value.lower():
+    elif isinstance(value, str) and NUMBER_PATTERN.fullmatch(value.strip()) and 'e' in value.lower():
         yield where, value
-
-
-def _not_a_number(option: str, value: Any, example: str, whole: bool) -> str:
-    key = option.rsplit('.', 1)[-1]
-    text = value.strip() if isinstance(value, str) else ''
-    if _NUMBER.fullmatch(text):
-        number = float(text.replace('_', ''))
-        if 'e' in text.lower():
-            mantissa, exponent = re.split('[eE]', text)
-            mantissa += '' if '.' in mantissa else '.0'
-            as_float = f'{mantissa}e{exponent if exponent[0] in "+-" else "+" + exponent}'
-            fix = str(int(number)) if whole and number.is_integer() else f'{as_float} or !!float {text}'
-            return (f'{option}: {value!r} is text, not a number (PyYAML reads a number with an exponent as text '
-                    f'unless it has a dot and a signed exponent); write {fix}')
-        if number.is_integer() or not whole:
-            return f'{option}: {value!r} is quoted, so it is text; write it without quotes: {key}: {text}'
-    return f'{option}: {value!r} is not {"a whole number" if whole else "a number"}; write e.g. {example}'
 
 
 def _from_cwd(path: str) -> str:
@@ -357,6 +358,36 @@ def check_dataset(where: str, dataset_opt: Mapping[str, Any], scale: int) -> Non
               else _folder_images(f'{where}.{key}', dataset_opt[key], recursive) for key in ROOTS[kind]}
     if kind == 'PairedImageDataset':
         _check_pairs(where, dataset_opt, scale, listed['dataroot_gt'], listed['dataroot_lq'], lmdb)
+    if dataset_opt.get('phase') == 'train' and listed['dataroot_gt']:
+        _check_batch(where, dataset_opt, len(listed['dataroot_gt']))
+
+
+MAX_EPOCH_SAMPLES = 10 ** 7  # BasicSR's EnlargedSampler lists a permutation of all of them every epoch
+
+
+def _check_batch(where: str, dataset_opt: Mapping[str, Any], count: int) -> None:
+    """A batch fits the dataset (BasicSR drops the last incomplete batch, so a larger one leaves an epoch without
+    batches and ends in a ZeroDivisionError) and the memory free now; an epoch's sample list stays reasonable."""
+    import torch
+
+    from dvmsr_mma.infer import available_bytes, format_bytes
+
+    ratio = dataset_opt.get('dataset_enlarge_ratio') or 1
+    batch = dataset_opt.get('batch_size_per_gpu')
+    if count * ratio > MAX_EPOCH_SAMPLES:
+        most = max(1, MAX_EPOCH_SAMPLES // count)
+        raise OptionError(f'{where}.dataset_enlarge_ratio: {ratio} makes an epoch of {count * ratio:,} samples '
+                          f'({count} images), more than {MAX_EPOCH_SAMPLES:,} (BasicSR lists a permutation of all '
+                          f'of them every epoch); write at most {most}')
+    if batch is not None and batch > count * ratio:
+        raise OptionError(f'{where}.batch_size_per_gpu: {batch} is more than the dataset\'s {count} images x '
+                          f'dataset_enlarge_ratio {ratio}, so an epoch would have no batch; write at most '
+                          f'{count * ratio}, or raise dataset_enlarge_ratio')
+    gt_size, free = dataset_opt.get('gt_size'), available_bytes(torch.device('cpu'))
+    if batch is not None and gt_size and free is not None and batch * gt_size ** 2 * 3 * 4 * 2 > free:
+        raise OptionError(f'{where}.batch_size_per_gpu: {batch} patches of {gt_size}x{gt_size} (and their LR) need '
+                          f'{format_bytes(batch * gt_size ** 2 * 24)}, more than the {format_bytes(free)} free here; '
+                          'lower batch_size_per_gpu or gt_size')
 
 
 def _rebuild(root: str) -> str:
@@ -401,8 +432,9 @@ def _folder_images(option: str, root: str, recursive: bool) -> Dict[str, None]:
     return files
 
 
-def _image_size(option: str, root: str, name: str) -> Tuple[int, int]:
-    """(w, h) from the file's header; cv2 decodes what Pillow cannot open."""
+def _image_size(option: str, root: str, name: str) -> Optional[Tuple[int, int]]:
+    """(w, h) from the file's header; cv2 decodes what Pillow cannot open. A file with an image extension that
+    cannot be read is warned about and left to training, which skips it (:mod:`dvmsr_mma.bad_images`): None."""
     path = osp.join(root, name)
     if not osp.isfile(path):
         raise OptionError(f'{option}: no such image: {path} (listed in meta_info_file); fix the list or add the image')
@@ -410,10 +442,16 @@ def _image_size(option: str, root: str, name: str) -> Tuple[int, int]:
         with Image.open(path) as img:
             return img.size
     except Exception:  # Pillow raises several types for files it cannot read
-        img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if img is None:
+        try:
+            img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        except cv2.error:  # past OpenCV's pixel cap
+            img = None
+    if img is not None:
+        return img.shape[1], img.shape[0]
+    if not name.lower().endswith(IMG_EXTENSIONS):
         raise OptionError(f'{option}: {path} is not a readable image; remove it (BasicSR reads every file there)')
-    return img.shape[1], img.shape[0]
+    warn([f'{option}: {path} is not a readable image; its samples will be skipped (remove or replace it)'])
+    return None
 
 
 def _more(items: List[Any], noun: str) -> str:
@@ -458,6 +496,8 @@ def _check_pairs(where: str, dataset_opt: Mapping[str, Any], scale: int, gt: Dic
         else:
             gt_wh = _image_size(f'{where}.dataroot_gt', gt_root, gt_name)
             lq_wh = _image_size(f'{where}.dataroot_lq', lq_root, lq_name)
+            if gt_wh is None or lq_wh is None:
+                continue
         (gw, gh), (lw, lh) = gt_wh, lq_wh
         if (gw, gh) != (lw * scale, lh * scale) and (train or (gw // scale, gh // scale) != (lw, lh)):
             wrong.append(f'HR {gt_name} is {gw}x{gh} but LR {lq_name} is {lw}x{lh}')

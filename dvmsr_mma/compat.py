@@ -5,7 +5,8 @@ imports ``basicsr``. Each patch names the breakage it fixes and has a test that 
 ``tests/test_compat.py`` (the distributed ones in ``tests/test_distributed.py``). What the package adds on top
 of BasicSR is installed from :func:`apply` as well but lives in its own modules, each with an ``install()``:
 one-line errors for bad inputs (``checks.py``), exact resume (``resume.py``), mixed precision and the NaN guard
-of ``SRModel``'s training step (``train_step.py``) and the state saved on SIGTERM/SIGINT (``stop_signals.py``).
+of ``SRModel``'s training step (``train_step.py``), the state saved on SIGTERM/SIGINT (``stop_signals.py``)
+and samples with bad images skipped (``bad_images.py``).
 Imports point down only: those modules (and the models) import leaf modules (``checkpoint_io.py``, ``stops.py``,
 ``errors.py``, ...), never this one.
 """
@@ -26,7 +27,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from dvmsr_mma.checkpoint_io import CHECKPOINT_FORMATS, atomic_safetensors_save, atomic_torch_save
-from dvmsr_mma.errors import OptionError
+from dvmsr_mma.errors import OptionError, RegistryKeyError
 
 _applied = False
 
@@ -278,13 +279,14 @@ def check_device_options(opt: Dict[str, Any]) -> None:
 
 def _registry_get(self, name: str, suffix: str = 'basicsr') -> Any:
     """Replacement for ``basicsr.utils.registry.Registry.get``: upstream prints a stray line and raises a bare
-    ``KeyError`` for a typo in a YAML ``type:``. This names the registry and the closest registered names."""
-    obj = self._obj_map.get(name) or self._obj_map.get(f'{name}_{suffix}')
+    ``KeyError`` for a typo in a YAML ``type:``. This names the registry and the closest registered names, in an
+    error that is both an :class:`OptionError` and upstream's ``KeyError``."""
+    obj = self._obj_map.get(name) or self._obj_map.get(f'{name}_{suffix}') if isinstance(name, str) else None
     if obj is None:
         known = sorted({key[:-len(suffix) - 1] if key.endswith(f'_{suffix}') else key for key in self._obj_map})
         close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
-        raise OptionError(f'type: {name!r} is not registered in BasicSR\'s {self._name} registry{hint}')
+        raise RegistryKeyError(f'type: {name!r} is not registered in BasicSR\'s {self._name} registry{hint}')
     return obj
 
 
@@ -329,5 +331,7 @@ def apply() -> None:
     resume.install()
     train_step.install()
     stop_signals.install()
+    from dvmsr_mma import bad_images  # bad images never end a run
+    bad_images.install()
     logging.getLogger('basicsr').debug('dvmsr_mma: basicsr compatibility patches applied')
     _applied = True

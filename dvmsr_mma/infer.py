@@ -396,11 +396,8 @@ class SRInferencer:
 
 def read_image(path: str) -> np.ndarray:
     """cv2 image with its bit depth and alpha kept; OptionError naming the file if it cannot be decoded."""
-    import cv2
-    data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None:
-        raise OptionError(f'{path}: not a readable image')
+    from dvmsr_mma.image_io import read_image as decode_file
+    img = decode_file(path)  # one ImageReadError line for any failure, the decoder's pixel cap included
     if img.dtype not in (np.uint8, np.uint16):
         raise OptionError(f'{path}: {img.dtype} pixels; only 8- and 16-bit images are supported')
     return img

@@ -207,7 +207,10 @@ def read_hr(path: str) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert('RGB'))
-    except (UnidentifiedImageError, OSError) as err:
+    except Image.DecompressionBombError as err:  # past Pillow's pixel cap (2 x Image.MAX_IMAGE_PIXELS)
+        raise OptionError(f'-i: {path}: past Pillow\'s decoder cap of {2 * Image.MAX_IMAGE_PIXELS:,} pixels '
+                          f'({err}); crop the region to analyse') from err
+    except (UnidentifiedImageError, OSError, ValueError) as err:
         raise OptionError(f'-i: {path}: not a readable image ({err})') from err
 
 

@@ -144,6 +144,6 @@ def test_unknown_network_type_is_one_line(tmp_path, write_pairs):
     result = basicsr(['train', '-opt', str(train_yml)], cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "basicsr train: error: type: 'SRVGGNetCompat' is not registered in BasicSR's arch registry; "
+        "basicsr train: error: network_g.type: 'SRVGGNetCompat' is not registered in BasicSR's arch registry; "
         'did you mean SRVGGNetCompact?')
     assert 'Traceback' not in result.stderr

@@ -13,6 +13,7 @@ from dvmsr_mma.utils import basicsr_importable
 COMMANDS = {  # add a subcommand here: name -> module with HELP and main(argv)
     'train': 'dvmsr_mma.cli.train',
     'test': 'dvmsr_mma.cli.test',
+    'check': 'dvmsr_mma.cli.check',
     'demo': 'dvmsr_mma.cli.demo',
     'prep': 'dvmsr_mma.cli.prep',
     'lmdb': 'dvmsr_mma.cli.lmdb',

@@ -1,0 +1,730 @@
+"""The typed schema of a BasicSR option file, validated with pydantic before BasicSR reads a key.
+
+BasicSR 1.4.2 reads its options with ``opt['key']`` wherever it needs one, so a wrong type or a missing mapping
+surfaces as a ``TypeError`` deep in its code, and an unknown key (``use_hfip``) is silently ignored. Here one
+declaration says which keys exist and what they hold: the top level, ``datasets.<phase>`` per dataset type,
+``network_*`` (from the constructor signature of the registered arch), ``path``, ``train`` (the optimizer and
+scheduler built on a dummy parameter exactly as BasicSR builds them, losses from their constructors), ``val`` and
+its metrics, ``logger``, ``dist_params`` and this package's keys. The first problem is one
+:class:`~dvmsr_mma.errors.OptionError` line with the option path, what was found and what to write (an error that is
+also the exception BasicSR documents for the same input, e.g. ``KeyError`` for an unregistered name); each unknown
+key is one warning line with the closest known name (``unknown_options: error`` makes it an error).
+
+pydantic (v2) rather than msgspec: its models are built at run time from constructor signatures
+(``create_model``), validators see a context (the machine's cores, the run's ``num_gpu``), and every error carries
+its location, which is the option path. What a schema cannot say (files exist, HR/LR pairing, weights fit) is in
+:mod:`dvmsr_mma.checks`.
+"""
+import builtins
+import difflib
+import functools
+import inspect
+import json
+import os
+import re
+import sys
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple, Type
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, create_model
+from pydantic_core import PydanticCustomError
+from typing_extensions import Annotated
+
+from dvmsr_mma.checkpoint_io import CHECKPOINT_FORMATS
+from dvmsr_mma.errors import OptionError, RegistryKeyError, option_error_as
+from dvmsr_mma.nan_guard import NAN_POLICIES
+from dvmsr_mma.precision import AMP_CHOICES
+
+WORKERS_PER_CORE = 2  # DataLoader worker processes allowed per CPU core (they mostly wait on decoding and I/O)
+MAX_PREFETCH_QUEUE = 64
+UNKNOWN_OPTIONS = ('warn', 'error')
+STRICT = os.environ.get('DVMSR_MMA_STRICT_OPTIONS', '') not in ('', '0')  # unknown keys are errors
+NUMBER_PATTERN = re.compile(r'[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?')
+_warned: set = set()
+
+
+# ---------------------------------------------------------------------------------------------------- leaves
+def show(value: Any) -> str:
+    """A value as the option file would write it, short."""
+    if value is None:
+        return '~'
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        text = json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + '...'
+
+
+def _fail(text: str, documented: str = '') -> PydanticCustomError:
+    return PydanticCustomError('option', '{text}', {'text': text, 'documented': documented})
+
+
+def not_a_number(value: Any, key: str, example: str, whole: bool) -> str:
+    """Why ``value`` is not a number, for the option named ``key`` (without the path): PyYAML 1.1 reads ``2e-4``
+    as text unless it has a dot and a signed exponent; a quoted number is text."""
+    text = value.strip() if isinstance(value, str) else ''
+    if NUMBER_PATTERN.fullmatch(text):
+        number = float(text.replace('_', ''))
+        if 'e' in text.lower():
+            mantissa, exponent = re.split('[eE]', text)
+            mantissa += '' if '.' in mantissa else '.0'
+            as_float = f'{mantissa}e{exponent if exponent[0] in "+-" else "+" + exponent}'
+            fix = str(int(number)) if whole and number.is_integer() else f'{as_float} or !!float {text}'
+            return (f'{value!r} is text, not a number (PyYAML reads a number with an exponent as text unless it '
+                    f'has a dot and a signed exponent); write {fix}')
+        if number.is_integer() or not whole:
+            return f'{value!r} is quoted, so it is text; write it without quotes: {key}: {text}'
+    return f'{show(value)} is not {"a whole number" if whole else "a number"}' + (
+        f'; write e.g. {example}' if example else '')
+
+
+def _key(example: str) -> str:
+    return example.split(':', 1)[0]
+
+
+def _whole_check(least: Optional[int] = None, example: str = '', float_ok: bool = False,
+                 most: Optional[int] = None, none_ok: bool = True) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value is None and none_ok:
+            return value
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if not (is_int or float_ok and isinstance(value, float) and value.is_integer()):
+            raise _fail(not_a_number(value, _key(example), example, whole=True))
+        if least is not None and value < least:
+            raise _fail(f'{show(value)} is less than {least}' + (f'; write e.g. {example}' if example else ''))
+        if most is not None and value > most:
+            raise _fail(f'{show(value)} is more than {most}' + (f'; write e.g. {example}' if example else ''))
+        return value
+    return check
+
+
+def whole(least: Optional[int] = None, example: str = '', float_ok: bool = False, most: Optional[int] = None,
+          none_ok: bool = True) -> Any:
+    """An integer option (``float_ok``: also a whole float, as BasicSR's files write ``!!float 5e3``)."""
+    return Annotated[Optional[int], PlainValidator(_whole_check(least, example, float_ok, most, none_ok))]
+
+
+def number(least: Optional[float] = None, most: Optional[float] = None, example: str = '') -> Any:
+    """A real option (an int is a real)."""
+    def check(value: Any) -> Any:
+        if value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(not_a_number(value, _key(example), example, whole=False))
+        if least is not None and value < least or most is not None and value > most:
+            span = f'from {least} to {most}' if least is not None and most is not None else (
+                f'at least {least}' if least is not None else f'at most {most}')
+            raise _fail(f'{show(value)} is out of range: it must be {span}' + (
+                f'; write e.g. {example}' if example else ''))
+        return value
+    return Annotated[Optional[float], PlainValidator(check)]
+
+
+def text(example: str = '', none_ok: bool = True) -> Any:
+    def check(value: Any) -> Any:
+        if value is None and none_ok or isinstance(value, str):
+            return value
+        raise _fail(f'{show(value)} is not text' + (f'; write e.g. {example}' if example else ''))
+    return Annotated[Optional[str], PlainValidator(check)]
+
+
+def path_text(example: str) -> Any:
+    """A file or folder path (existence is :mod:`dvmsr_mma.checks`' business)."""
+    def check(value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        raise _fail(f'{show(value)} is not a path; write e.g. {example}')
+    return Annotated[Optional[str], PlainValidator(check)]
+
+
+def flag(example: str = '') -> Any:
+    def check(value: Any) -> Any:
+        if value is None or isinstance(value, bool):
+            return value
+        raise _fail(f'{show(value)} is not true or false' + (f'; write e.g. {example}' if example else ''))
+    return Annotated[Optional[bool], PlainValidator(check)]
+
+
+def choice(choices: Tuple[Any, ...], documented: str = '') -> Any:
+    """One of ``choices`` (None: ``~``; ``false`` is off as well where ``~`` is a choice)."""
+    def check(value: Any) -> Any:
+        try:
+            if value in choices or value is False and None in choices:
+                return value
+        except TypeError:  # an unhashable list or mapping
+            pass
+        names = ', '.join('~' if c is None else str(c) for c in choices)
+        raise _fail(f'{show(value)} is not one of {names}', documented)
+    return Annotated[Any, PlainValidator(check)]
+
+
+def numbers(example: str, whole_numbers: bool = False, least: Optional[float] = None) -> Any:
+    """A list of numbers; an item's error names its index."""
+    item = whole(least, '', float_ok=True, none_ok=False) if whole_numbers else number(least)
+    return Annotated[Optional[List[item]], Field(json_schema_extra={'example': example})]
+
+
+def registered(registry: str, example: str, none_ok: bool = True) -> Any:
+    """A name registered in BasicSR's ``<registry>`` registry (read when validating: plugins register late)."""
+    def check(value: Any) -> Any:
+        import basicsr.utils.registry as registries
+        if value is None and none_ok:
+            return value
+        if not isinstance(value, str):
+            raise _fail(f'{show(value)} is not text; write e.g. {example}')
+        reg = getattr(registries, f'{registry.upper()}_REGISTRY')
+        try:
+            reg.get(value)
+        except KeyError as err:  # RegistryKeyError: names the registry and the closest names
+            raise _fail(str(err).replace('type: ', '', 1), 'KeyError') from None
+        return value
+    return Annotated[Optional[str], PlainValidator(check)]
+
+
+def num_gpu() -> Any:
+    def check(value: Any) -> Any:
+        if value == 'auto':
+            return value
+        return _whole_check(0, 'num_gpu: auto')(value)
+    return Annotated[Any, PlainValidator(check)]
+
+
+def template(example: str) -> Any:
+    def check(value: Any) -> Any:
+        if value is None:
+            return value
+        if not isinstance(value, str) or '{}' not in value:
+            raise _fail(f'{show(value)} is not a name template with {{}} for the HR name; write e.g. {example}')
+        return value
+    return Annotated[Optional[str], PlainValidator(check)]
+
+
+def mapping(example: str) -> Any:
+    """A mapping whose content a later stage validates (per ``type``)."""
+    return Annotated[Optional[Dict[Any, Any]], Field(json_schema_extra={'example': example})]
+
+
+ANY = Annotated[Any, Field(default=None)]
+
+
+# ---------------------------------------------------------------------------------------------------- sections
+class Section(BaseModel):
+    """A mapping of options: the fields are the known keys, ``PATTERNS`` (regex -> leaf) more known keys, other
+    keys are kept and reported as unknown unless ``OPEN`` (a type whose keys are not all known here)."""
+
+    model_config = ConfigDict(extra='allow', strict=True, arbitrary_types_allowed=True)
+    OPEN: ClassVar[bool] = False
+    PATTERNS: ClassVar[Tuple[Tuple[str, Any], ...]] = ()
+
+
+class IOBackend(Section):
+    type: choice(('disk', 'lmdb', 'memcached'), 'ValueError') = None
+    db_paths: ANY
+    client_keys: ANY
+    server_list_cfg: ANY
+    client_cfg: ANY
+    sys_path: ANY
+
+
+class Dataset(Section):
+    """What BasicSR's data loader and this package read from every dataset; the keys of other dataset types are
+    not known here (``OPEN``)."""
+
+    OPEN = True
+    name: text('name: DF2K') = None
+    type: registered('dataset', 'type: PairedImageDataset') = None
+    phase: text() = None
+    scale: whole(1, 'scale: 4') = None
+    dataroot_gt: path_text('dataroot_gt: datasets/DF2K/DF2K_HR_sub') = None
+    dataroot_lq: path_text('dataroot_lq: datasets/DF2K/DF2K_LR_bicubic_X4_sub') = None
+    meta_info_file: path_text('meta_info_file: datasets/meta_info.txt') = None
+    io_backend: Optional[IOBackend] = None
+    gt_size: whole(1, 'gt_size: 128') = None
+    use_hflip: flag('use_hflip: true') = None
+    use_rot: flag('use_rot: true') = None
+    use_shuffle: flag('use_shuffle: true') = None
+    num_worker_per_gpu: whole(0, 'num_worker_per_gpu: 4') = None
+    batch_size_per_gpu: whole(1, 'batch_size_per_gpu: 16') = None
+    dataset_enlarge_ratio: whole(1, 'dataset_enlarge_ratio: 1') = None
+    prefetch_mode: choice((None, 'cpu', 'cuda')) = None
+    num_prefetch_queue: whole(1, 'num_prefetch_queue: 2', most=MAX_PREFETCH_QUEUE) = None
+    pin_memory: flag('pin_memory: true') = None
+    persistent_workers: flag('persistent_workers: false') = None
+    mean: numbers('mean: [0.5, 0.5, 0.5]') = None
+    std: numbers('std: [0.5, 0.5, 0.5]') = None
+    color: choice((None, 'y')) = None
+    max_bad_share: number(0, 1, 'max_bad_share: 0.01') = None  # dvmsr_mma.bad_images
+
+
+class PairedImageDataset(Dataset):
+    OPEN = False
+    filename_tmpl: template("filename_tmpl: '{}x4'") = None
+
+
+class SingleImageDataset(Dataset):
+    OPEN = False
+
+
+class ImageNetPretrainDataset(Dataset):
+    OPEN = False
+    quantize_lq: flag('quantize_lq: true') = None
+
+
+class ImageNetPairedDataset(Dataset):
+    OPEN = False
+
+
+DATASETS: Dict[str, Type[Dataset]] = {cls.__name__: cls for cls in (
+    PairedImageDataset, SingleImageDataset, ImageNetPretrainDataset, ImageNetPairedDataset)}
+
+
+class Paths(Section):
+    PATTERNS = ((r'pretrain_network_\w+', path_text('pretrain_network_g: experiments/pretrained_models/x.pth')),
+                (r'strict_load_\w+', flag('strict_load_g: true')),
+                (r'param_key_\w+', text('param_key_g: params_ema')))
+    resume_state: path_text('resume_state: experiments/<name>/training_states/5000.state, or ~') = None
+    ignore_resume_networks: Optional[List[text(none_ok=False)]] = None
+    root: text() = None
+    experiments_root: text() = None
+    models: text() = None
+    training_states: text() = None
+    log: text() = None
+    visualization: text() = None
+    results_root: text() = None
+
+
+class Train(Section):
+    """``train``: SRModel's and the GAN models' keys of BasicSR 1.4.2, the NaN guard's and AMP's; the optimizers,
+    the scheduler and the ``*_opt`` losses are validated per ``type`` afterwards."""
+
+    PATTERNS = ((r'optim_\w+', mapping('optim_g: {type: Adam, lr: 2.0e-4}')),
+                (r'\w+_opt', mapping('pixel_opt: {type: L1Loss, loss_weight: 1.0}')))
+    ema_decay: number(0, 1, 'ema_decay: 0.999') = None
+    scheduler: mapping('scheduler: {type: MultiStepLR, milestones: [250000], gamma: 0.5}') = None
+    total_iter: whole(1, 'total_iter: 500000', float_ok=True) = None
+    warmup_iter: whole(-1, 'warmup_iter: -1', float_ok=True) = None
+    net_d_iters: whole(1, 'net_d_iters: 1', float_ok=True) = None
+    net_d_init_iters: whole(0, 'net_d_init_iters: 0', float_ok=True) = None
+    amp: choice(AMP_CHOICES) = None
+    nan_policy: choice((*NAN_POLICIES, None)) = None
+    nan_skip_limit: whole(1, 'nan_skip_limit: 10') = None
+    # other BasicSR models' keys (ESRGAN, StyleGAN2, video models), typed there
+    r1_reg_weight: ANY
+    path_reg_weight: ANY
+    net_g_reg_every: ANY
+    net_d_reg_every: ANY
+    mixing_prob: ANY
+    gan_gt_usm: ANY
+    percep_gt_usm: ANY
+    gt_usm: ANY
+    fix_flow: ANY
+    flow_lr_mul: ANY
+    dcn_lr_mul: ANY
+
+
+class Val(Section):
+    val_freq: whole(1, 'val_freq: 5000', float_ok=True) = None
+    save_img: flag('save_img: true') = None
+    suffix: text('suffix: ~') = None
+    metrics: Optional[Dict[str, mapping('psnr: {type: calculate_psnr, crop_border: 4, test_y_channel: true}')]] = None
+    pbar: flag('pbar: true') = None
+    amp: choice(AMP_CHOICES) = None
+    center_frame_only: ANY
+    flip_seq: ANY
+    num_val_samples: ANY
+
+
+class Wandb(Section):
+    project: text('project: my_project') = None
+    resume_id: text('resume_id: ~') = None
+    entity: text() = None
+
+
+class Logger(Section):
+    print_freq: whole(1, 'print_freq: 100', float_ok=True) = None
+    save_checkpoint_freq: whole(1, 'save_checkpoint_freq: 5000', float_ok=True) = None
+    use_tb_logger: flag('use_tb_logger: true') = None
+    wandb: Optional[Wandb] = None
+    save_checkpoint_format: choice((*CHECKPOINT_FORMATS, None)) = None
+
+
+class DistParams(Section):
+    backend: text('backend: nccl') = None
+    port: whole(1, 'port: 29500', most=65535) = None
+
+
+class Options(Section):
+    """The top level. ``is_train`` and the keys after it are set by BasicSR's ``parse_options``."""
+
+    PATTERNS = ((r'network_\w+', mapping('network_g: {type: DVMSR, upscale: 4}')),)
+    name: text('name: DVMSR_x4', none_ok=False)
+    model_type: registered('model', 'model_type: SRModel')
+    scale: whole(1, 'scale: 4') = None
+    num_gpu: num_gpu()
+    manual_seed: whole(0, 'manual_seed: 10', most=2 ** 32 - 1 - 1024) = None
+    datasets: Dict[Any, Annotated[Dict[Any, Any], Field(json_schema_extra={'example': 'train: {name: DF2K, ...}'})]]
+    path: Paths
+    train: Optional[Train] = None
+    val: Optional[Val] = None
+    logger: Optional[Logger] = None
+    dist_params: Optional[DistParams] = None
+    find_unused_parameters: flag('find_unused_parameters: false') = None
+    unknown_options: choice(UNKNOWN_OPTIONS) = None
+    is_train: ANY
+    dist: ANY
+    rank: ANY
+    world_size: ANY
+    auto_resume: ANY
+    root_path: ANY
+
+
+EXAMPLES = {  # option path (phase, metric -> *) -> how to write it, for "not set" and "not a mapping"
+    'name': 'name: DVMSR_x4', 'model_type': 'model_type: SRModel', 'num_gpu': 'num_gpu: auto (or 0 for CPU)',
+    'datasets': 'datasets: {train: {name: DF2K, type: PairedImageDataset, ...}}',
+    'datasets.*': '<phase>: {name: DF2K, type: PairedImageDataset, ...} (or delete the entry)',
+    'path': 'path: {pretrain_network_g: ~, strict_load_g: true, resume_state: ~}',
+    'train': 'train: {optim_g: {type: Adam, lr: 2.0e-4}, total_iter: 500000, ...}',
+    'val': 'val: {val_freq: 5000, save_img: false, metrics: {...}} (or val: ~ for none)',
+    'logger': 'logger: {print_freq: 100, save_checkpoint_freq: 5000, use_tb_logger: true}',
+    'logger.wandb': 'wandb: {project: ~, resume_id: ~}', 'dist_params': 'dist_params: {backend: nccl, port: 29500}',
+    'datasets.*.io_backend': 'io_backend: {type: disk} (or lmdb)',
+    'path.ignore_resume_networks': "ignore_resume_networks: ['network_d']",
+    'val.metrics': 'metrics: {psnr: {type: calculate_psnr, crop_border: 4}}',
+    'val.metrics.*': 'psnr: {type: calculate_psnr, crop_border: 4, test_y_channel: true}',
+    'train.optim_g': 'optim_g: {type: Adam, lr: 2.0e-4, betas: [0.9, 0.99]}',
+    'train.scheduler': 'scheduler: {type: MultiStepLR, milestones: [250000], gamma: 0.5}',
+    'train.pixel_opt': 'pixel_opt: {type: L1Loss, loss_weight: 1.0} (or ~ for none)',
+    'network_g': 'network_g: {type: DVMSR, upscale: 4}', 'network_t': 'network_t: {type: DVMSR, embed_dim: 192}',
+}
+
+
+# ---------------------------------------------------------------------------------------------------- per type
+def signature_parameters(cls: Callable) -> Tuple[Mapping[str, inspect.Parameter], bool]:
+    """The named constructor parameters of ``cls``, and whether it takes ``**kwargs`` too (or has no signature)."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return {}, True
+    named = {name: p for name, p in params.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def network_arguments_problem(arch: str, cls: Callable, kwargs: Mapping[str, Any]) -> str:
+    """Why ``cls(**kwargs)`` would raise a ``TypeError`` (an unknown or a missing argument), said with the
+    arguments ``arch`` takes; '' when it would not."""
+    params, any_kwargs = signature_parameters(cls)
+    takes = f'{arch} takes {", ".join(params) or "no arguments"}'
+    for name in kwargs:
+        if name not in params and not any_kwargs:
+            close = difflib.get_close_matches(str(name), list(params), n=1, cutoff=0.8)
+            hint = f' (did you mean {close[0]}?)' if close else ''
+            return f'{arch} got an unexpected argument {name}{hint}; {takes}'
+    missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty and name not in kwargs]
+    if missing:
+        return f'{arch} needs {", ".join(missing)} (not set); {takes}'
+    return ''
+
+
+def _leaf_for_default(name: str, default: Any) -> Any:
+    """The leaf a constructor argument takes, judged from its default (numbers: any real, as Python's would)."""
+    if default is inspect.Parameter.empty or default is None:
+        return ANY
+    try:
+        example = f'{name}: {json.dumps(list(default) if isinstance(default, tuple) else default)}'.replace('"', "'")
+    except (TypeError, ValueError):  # a class or function as the default (act_layer=nn.GELU)
+        return ANY
+    if isinstance(default, bool):
+        return flag(example)
+    if isinstance(default, (int, float)):
+        return number(example=example)
+    if isinstance(default, str):
+        return text(example)
+    if isinstance(default, (list, tuple)):
+        if default and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in default):
+            return numbers(example)
+        return Annotated[Optional[List[Any]], Field(json_schema_extra={'example': example})]
+    return ANY
+
+
+OVERRIDES = {  # argument -> leaf, where the default says too little
+    'reduction': choice(('none', 'mean', 'sum'), 'ValueError'),
+    'loss_weight': number(0, None, 'loss_weight: 1.0'),
+    'crop_border': whole(0, 'crop_border: 4'),
+    'input_order': choice(('HWC', 'CHW')),
+    'milestones': numbers('milestones: [250000, 400000]', least=0),
+    'periods': numbers('periods: [250000, 250000]', whole_numbers=True, least=1),
+    'restarts': numbers('restarts: [0]', whole_numbers=True, least=0),
+    'restart_weights': numbers('restart_weights: [1]'),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def arguments_model(owner: Callable, skip: Tuple[str, ...] = ()) -> Type[Section]:
+    """A section whose fields are ``owner``'s constructor arguments (less ``skip``), typed from their defaults."""
+    params, any_kwargs = signature_parameters(owner)
+    fields = {name: (OVERRIDES.get(name, _leaf_for_default(name, p.default)), None)
+              for name, p in params.items() if name not in skip and name != 'type'}
+    fields['type'] = (ANY, None)
+    model = create_model(f'{getattr(owner, "__name__", "Owner")}Options', __base__=Section, **fields)
+    model.OPEN = True  # unknown argument names are network_arguments_problem's, with the constructor's names
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+def _normal(path: str) -> str:
+    path = re.sub(r'^datasets\.[^.\[]+', 'datasets.*', path)
+    return re.sub(r'^val\.metrics\.[^.\[]+', 'val.metrics.*', path)
+
+
+def _where(prefix: str, loc: Tuple[Any, ...]) -> str:
+    where = prefix
+    for part in loc:
+        where += f'[{part}]' if isinstance(part, int) else (f'.{part}' if where else str(part))
+    return where
+
+
+def _example(where: str, model: Type[BaseModel], loc: Tuple[Any, ...]) -> str:
+    found = EXAMPLES.get(_normal(where))
+    if found:
+        return found
+    cls: Any = model
+    for part in loc:
+        info = getattr(cls, 'model_fields', {}).get(part)
+        if info is None:
+            return ''
+        extra = info.json_schema_extra or {}
+        for meta in info.metadata:
+            extra = getattr(meta, 'json_schema_extra', None) or extra
+        if isinstance(extra, dict) and 'example' in extra and part == loc[-1]:
+            return extra['example']
+        cls = next((a for a in getattr(info.annotation, '__args__', (info.annotation,))
+                    if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return ''
+
+
+def _line(err: Mapping[str, Any], prefix: str, model: Type[BaseModel]) -> OptionError:
+    where = _where(prefix, err['loc'])
+    kind = err['type']
+    if kind == 'option':
+        documented = err['ctx'].get('documented')
+        message = f'{where}: {err["ctx"]["text"]}'
+        if documented == 'KeyError':
+            return RegistryKeyError(message)
+        return option_error_as(getattr(builtins, documented), message) if documented else OptionError(message)
+    example = _example(where, model, tuple(err['loc']))
+    fix = f'; write e.g. {example}' if example else ''
+    if kind == 'missing':
+        return OptionError(f'{where}: not set; add it' + (f', e.g. {example}' if example else ''))
+    if kind in ('dict_type', 'model_type', 'model_attributes_type'):
+        return OptionError(f'{where}: {show(err["input"])} is not a mapping of options{fix}')
+    if kind == 'list_type':
+        return OptionError(f'{where}: {show(err["input"])} is not a list{fix}')
+    return OptionError(f'{where}: {show(err["input"])}: {err["msg"]}{fix}')
+
+
+def _validate(model: Type[Section], data: Any, prefix: str, context: Dict[str, Any]) -> Section:
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as err:
+        raise _line(err.errors()[0], prefix, model) from None
+
+
+def _unknown(section: Section, prefix: str, context: Dict[str, Any]) -> List[str]:
+    """Warning lines for the keys of ``section`` that no field or pattern knows (typed: pattern keys validated)."""
+    from pydantic import TypeAdapter
+
+    lines = []
+    known = list(type(section).model_fields)
+    for key, value in (section.model_extra or {}).items():
+        leaf = next((leaf for pattern, leaf in type(section).PATTERNS if re.fullmatch(pattern, str(key))), None)
+        where = f'{prefix}.{key}' if prefix else str(key)
+        if leaf is not None:
+            try:
+                TypeAdapter(leaf).validate_python(value, strict=True, context=context)
+            except ValidationError as err:
+                raise _line(err.errors()[0], where, Section) from None
+            continue
+        if type(section).OPEN:
+            continue
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.7)
+        hint = f'; did you mean {close[0]}?' if close else f'; known keys: {", ".join(known[:12])}'
+        lines.append(f'{where}: unknown option, BasicSR ignores it{hint}')
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, Section):
+            lines += _unknown(value, f'{prefix}.{name}' if prefix else name, context)
+    return lines
+
+
+def _optimizer(where: str, opt: Mapping[str, Any]) -> None:
+    """``optim_*``: built on a dummy parameter with BasicSR's own ``get_optimizer``, so an unknown type, an
+    unexpected argument and a value torch refuses (``lr: -1``) each are one line here."""
+    import torch
+    from basicsr.models.base_model import BaseModel as BasicSRModel
+
+    kind = opt.get('type')
+    if not isinstance(kind, str):
+        raise OptionError(f'{where}.type: {show(kind)} is not text; write e.g. type: Adam')
+    cls = getattr(torch.optim, kind, None)
+    known = [name for name in ('Adam', 'AdamW', 'Adamax', 'SGD', 'ASGD', 'RMSprop', 'Rprop')
+             if _builds(BasicSRModel, name)]
+    if cls is None or kind not in known:
+        close = difflib.get_close_matches(kind, known, n=1, cutoff=0.6)
+        raise option_error_as(NotImplementedError, f'{where}.type: {kind!r} is not an optimizer BasicSR 1.4.2 '
+                              f'builds; it builds {", ".join(known)}' + (f' (did you mean {close[0]}?)' if close
+                                                                          else ''))
+    args = {k: v for k, v in opt.items() if k != 'type'}
+    for key in ('lr',):
+        if key in args:
+            _validate(create_model('Lr', __base__=Section, lr=(number(0, None, 'lr: 2.0e-4'), None)),
+                      {'lr': args[key]}, where, {})
+    _validate(arguments_model(cls, ('params',)), args, where, {})
+    problem = network_arguments_problem(kind, cls, {'params': None, **args})
+    if problem:
+        raise OptionError(f'{where}: {problem}')
+    try:
+        BasicSRModel.get_optimizer(None, kind, [torch.zeros(1, requires_grad=True)], **args)
+    except Exception as err:  # a probe: whatever the constructor raises (IndexError for betas: [0.9]) refuses them
+        raise OptionError(f'{where}: torch.optim.{kind} refuses these options: {type(err).__name__}: '
+                          f'{_first_line(err)}') from None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else '(no message)'
+
+
+def _builds(model: Any, name: str) -> bool:
+    import torch
+    try:
+        model.get_optimizer(None, name, [torch.zeros(1, requires_grad=True)], 1e-3)
+    except NotImplementedError:
+        return False
+    return True
+
+
+SCHEDULERS = {'MultiStepLR': 'MultiStepRestartLR', 'MultiStepRestartLR': 'MultiStepRestartLR',
+              'CosineAnnealingRestartLR': 'CosineAnnealingRestartLR'}  # BaseModel.setup_schedulers' names
+
+
+def _scheduler(where: str, opt: Mapping[str, Any]) -> None:
+    import torch
+    from basicsr.models import lr_scheduler
+
+    kind = opt.get('type')
+    if not isinstance(kind, str) or kind not in SCHEDULERS:
+        close = difflib.get_close_matches(str(kind), list(SCHEDULERS), n=1, cutoff=0.6)
+        raise option_error_as(NotImplementedError, f'{where}.type: {show(kind)} is not a scheduler BasicSR 1.4.2 '
+                              f'builds; it builds {", ".join(SCHEDULERS)}' + (f' (did you mean {close[0]}?)'
+                                                                               if close else ''))
+    cls = getattr(lr_scheduler, SCHEDULERS[kind])
+    args = {k: v for k, v in opt.items() if k != 'type'}
+    _validate(arguments_model(cls, ('optimizer',)), args, where, {})
+    problem = network_arguments_problem(kind, cls, {'optimizer': None, **args})
+    if problem:
+        raise OptionError(f'{where}: {problem}')
+    try:
+        cls(torch.optim.Adam([torch.zeros(1, requires_grad=True)], 1e-3), **args)
+    except Exception as err:  # a probe, as for the optimizer
+        raise OptionError(f'{where}: {kind} refuses these options: {type(err).__name__}: {_first_line(err)}') from None
+
+
+def _arguments(where: str, opt: Mapping[str, Any], registry: str, skip: Tuple[str, ...] = (),
+               extra: Tuple[str, ...] = ()) -> None:
+    """A mapping with a registered ``type`` whose other keys are arguments of that class or function."""
+    import basicsr.utils.registry as registries
+
+    example = 'type: L1Loss' if registry == 'loss' else 'type: calculate_psnr'
+    _validate(create_model('Typed', __base__=Section, type=(registered(registry, example, none_ok=False), None)),
+              {'type': opt.get('type')}, where, {})
+    owner = getattr(registries, f'{registry.upper()}_REGISTRY').get(opt['type'])
+    args = {k: v for k, v in opt.items() if k != 'type' and k not in extra}
+    _validate(arguments_model(owner, skip), args, where, {})
+    problem = network_arguments_problem(opt['type'], owner, {**dict.fromkeys(skip), **args})
+    if problem:
+        raise OptionError(f'{where}: {problem}')
+
+
+DISTILL_KEYS = ('position', 'layers', 'layers_t', 'blocks', 'blocks_t', 'probe_size')
+
+
+def validate_options(opt: Mapping[str, Any], context: Optional[Dict[str, Any]] = None) -> List[str]:
+    """Validate an option mapping (as read from the file, or as ``parse_options`` returns it); raise the first
+    problem as one :class:`OptionError` line; return the unknown-key warning lines (raised instead as one error
+    with ``unknown_options: error``, ``basicsr check --strict`` or ``DVMSR_MMA_STRICT_OPTIONS=1``)."""
+    if not isinstance(opt, Mapping):
+        raise OptionError(f'the option file must be a mapping of options, got {show(opt)}')
+    gpus = opt.get('num_gpu')
+    context = {'cores': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1,
+               'num_gpu': gpus if isinstance(gpus, int) and not isinstance(gpus, bool) else 1, **(context or {})}
+    top = _validate(Options, opt, '', context)
+    lines = _unknown(top, '', context)
+    for phase, dataset in top.datasets.items():
+        kind = dataset.get('type')
+        model = DATASETS.get(kind, Dataset) if isinstance(kind, str) else Dataset
+        section = _validate(model, dataset, f'datasets.{phase}', context)
+        lines += _unknown(section, f'datasets.{phase}', context)
+        _bound_workers(f'datasets.{phase}', opt['datasets'][phase], context)
+    for key, network in opt.items():
+        if str(key).startswith('network_') and network is not None:
+            _network(str(key), network)
+    train = opt.get('train') or {}
+    for key, value in train.items():
+        where = f'train.{key}'
+        if value is None:
+            continue
+        if re.fullmatch(r'optim_\w+', str(key)):
+            _optimizer(where, value)
+        elif key == 'scheduler':
+            _scheduler(where, value)
+        elif re.fullmatch(r'\w+_opt', str(key)) and 'type' in value:
+            _arguments(where, value, 'loss', extra=DISTILL_KEYS if key == 'distill_opt' else ())
+    for name, metric in ((opt.get('val') or {}).get('metrics') or {}).items():
+        if metric is not None:
+            _arguments(f'val.metrics.{name}', metric, 'metric', skip=('img', 'img2'))
+    if lines and (opt.get('unknown_options') == 'error' or STRICT):
+        raise OptionError(lines[0] + (f' (and {len(lines) - 1} more unknown options)' if len(lines) > 1 else '') +
+                          '; fix the key, or remove it (unknown_options: error makes unknown keys errors)')
+    return lines
+
+
+def _bound_workers(where: str, dataset: Dict[str, Any], context: Mapping[str, Any]) -> None:
+    """At most :data:`WORKERS_PER_CORE` DataLoader processes per CPU core in all: more are lowered to that, with
+    one line (an option file written for a large server still runs on a laptop, and ``10000000`` stalls nothing)."""
+    cores, gpus = context['cores'], max(1, context['num_gpu'])
+    most = max(1, WORKERS_PER_CORE * cores // gpus)
+    value = dataset.get('num_worker_per_gpu')
+    if isinstance(value, int) and value > most:
+        per_gpu = f' per GPU ({gpus} GPUs)' if gpus > 1 else ''
+        warn([f'{where}.num_worker_per_gpu: {value} is more worker processes than this machine runs well; using '
+              f'{most}{per_gpu} ({WORKERS_PER_CORE} per CPU core, {cores} cores)'])
+        dataset['num_worker_per_gpu'] = most
+
+
+def _network(key: str, network: Any) -> None:
+    """``network_*``: a registered type; argument names as the constructor takes them; values of the types its
+    defaults have."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    _validate(create_model('Network', __base__=Section, type=(registered('arch', 'type: DVMSR'), None)),
+              network, key, {})
+    if 'type' not in network:
+        return  # "network_g.type: not set" is the pre-flight's (it says what to write)
+    cls = ARCH_REGISTRY.get(network['type'])
+    kwargs = {k: v for k, v in network.items() if k != 'type'}
+    problem = network_arguments_problem(network['type'], cls, kwargs)
+    if problem:
+        raise OptionError(f'{key}: {problem}')
+    _validate(arguments_model(cls), kwargs, key, {})
+
+
+def warn(lines: List[str]) -> None:
+    """Print each warning line once per process (``parse_options`` may validate the same file twice)."""
+    for line in lines:
+        if line not in _warned:
+            _warned.add(line)
+            print(f'warning: {line}', file=sys.stderr)

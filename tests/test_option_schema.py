@@ -1,0 +1,340 @@
+"""Issue 23: any option file gets a run or one line. Every leaf of every option file in ``options/``, of files with
+the official MMA and BasicSR keys, and of a small valid run is mutated (delete, ~, text, negative, zero, huge, list,
+mapping, nonexistent path); validation accepts the file or raises one :class:`OptionError` line, never another
+exception, and never leaves more DataLoader workers than the machine's cores allow. A sample goes through the
+``basicsr train`` / ``basicsr test`` CLIs. Plus unknown keys, ``basicsr check`` and BasicSR's error contract."""
+import copy
+import glob
+import logging
+import os
+import random
+import sys
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dvmsr_mma import option_schema
+from dvmsr_mma.cli import main
+from dvmsr_mma.errors import OptionError
+from dvmsr_mma.option_schema import WORKERS_PER_CORE, validate_options
+from test_bad_inputs import options_for_test, train_options
+from test_official_options import BENCHMARKS, FINETUNE_SET, METRICS, TEST, TEST_SET, TRAIN, network
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+MUTATIONS = ('delete', None, 'abc', -1, 0, 10000000, [1, 2], {'x': 1}, '/nonexistent/x')
+
+# BasicSR's options/train/SRResNet_SRGAN/train_MSRResNet_x4.yml (comments left out), as BasicSR 1.4.2 ships it
+BASICSR_MSRRESNET = """
+name: 001_MSRResNet_x4_f64b16_DIV2K_1000k_B16G1_wandb
+model_type: SRModel
+scale: 4
+num_gpu: 1
+manual_seed: 0
+datasets:
+  train:
+    name: DIV2K
+    type: PairedImageDataset
+    dataroot_gt: datasets/DF2K/DIV2K_train_HR_sub
+    dataroot_lq: datasets/DF2K/DIV2K_train_LR_bicubic_X4_sub
+    meta_info_file: basicsr/data/meta_info/meta_info_DIV2K800sub_GT.txt
+    filename_tmpl: '{}'
+    io_backend:
+      type: disk
+    gt_size: 128
+    use_hflip: true
+    use_rot: true
+    num_worker_per_gpu: 6
+    batch_size_per_gpu: 16
+    dataset_enlarge_ratio: 100
+    prefetch_mode: ~
+  val:
+    name: Set5
+    type: PairedImageDataset
+    dataroot_gt: datasets/Set5/GTmod12
+    dataroot_lq: datasets/Set5/LRbicx4
+    io_backend:
+      type: disk
+network_g:
+  type: MSRResNet
+  num_in_ch: 3
+  num_out_ch: 3
+  num_feat: 64
+  num_block: 16
+  upscale: 4
+path:
+  pretrain_network_g: ~
+  param_key_g: params
+  strict_load_g: true
+  resume_state: ~
+train:
+  ema_decay: 0.999
+  optim_g:
+    type: Adam
+    lr: !!float 2e-4
+    weight_decay: 0
+    betas: [0.9, 0.99]
+  scheduler:
+    type: CosineAnnealingRestartLR
+    periods: [250000, 250000, 250000, 250000]
+    restart_weights: [1, 1, 1, 1]
+    eta_min: !!float 1e-7
+  total_iter: 1000000
+  warmup_iter: -1
+  pixel_opt:
+    type: L1Loss
+    loss_weight: 1.0
+    reduction: mean
+val:
+  val_freq: !!float 5e3
+  save_img: false
+  metrics:
+    psnr:
+      type: calculate_psnr
+      crop_border: 4
+      test_y_channel: false
+      better: higher
+    ssim:
+      type: calculate_ssim
+      crop_border: 4
+      test_y_channel: false
+      better: higher
+logger:
+  print_freq: 100
+  save_checkpoint_freq: !!float 5e3
+  use_tb_logger: true
+  wandb:
+    project: ~
+    resume_id: ~
+dist_params:
+  backend: nccl
+  port: 29500
+"""
+
+
+def _official_mma():
+    sets = '\n'.join(TEST_SET.format(i=i, name=name, gt='x/HR', lq='x/LR') for i, name in enumerate(BENCHMARKS, 1))
+    train = TRAIN.format(name='MMA_x2_finetune', scale=2, train_set=FINETUNE_SET.format(gt='x/HR', lq='x/LR'),
+                         gt_size=128, val_gt='x/HR', val_lq='x/LR', network=network(2), pretrain='~',
+                         metrics=METRICS.format(scale=2), lr='1e-5', milestones='[125000, 200000]', total_iter=1)
+    test = TEST.format(scale=2, test_sets=sets, network=network(2), pretrain='~', metrics=METRICS.format(scale=2))
+    return {'official MMA train': yaml.safe_load(train), 'official MMA test': yaml.safe_load(test)}
+
+
+FILES = {**{os.path.basename(p): yaml.safe_load(open(p)) for p in sorted(glob.glob(f'{REPO}/options/*.yml'))},
+         **_official_mma(), 'BasicSR train_MSRResNet_x4': yaml.safe_load(BASICSR_MSRRESNET)}
+
+
+def leaves(value, path=()):
+    """Every leaf's path (mapping keys and list indices) of an option mapping."""
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            yield from leaves(item, (*path, key))
+    elif isinstance(value, list) and value:
+        for i, item in enumerate(value):
+            yield from leaves(item, (*path, i))
+    else:
+        yield path
+
+
+def mutated(opt, path, mutation):
+    opt = copy.deepcopy(opt)
+    parent = opt
+    for key in path[:-1]:
+        parent = parent[key]
+    if mutation == 'delete':
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = copy.deepcopy(mutation)
+    return opt
+
+
+def assert_one_line(err):
+    message = str(err)
+    assert message and '\n' not in message, message
+    assert ': ' in message, message  # "<option path>: <what was found>; <what to write>"
+
+
+def workers_bounded(opt):
+    gpus = opt.get('num_gpu') if isinstance(opt.get('num_gpu'), int) else 1
+    for dataset in (opt.get('datasets') or {}).values():
+        workers = (dataset or {}).get('num_worker_per_gpu')
+        if isinstance(workers, int):
+            assert workers * max(1, gpus) <= WORKERS_PER_CORE * CORES
+
+
+@pytest.mark.parametrize('name', list(FILES))
+def test_shipped_and_official_files_validate_unchanged(name, capsys):
+    """No error and no unknown key in any shipped or official file (a warning only where the file asks for more
+    DataLoader workers than this machine's cores allow, which are lowered)."""
+    assert validate_options(copy.deepcopy(FILES[name])) == []
+    assert 'unknown option' not in capsys.readouterr().err
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_leaf_mutated_validates_or_is_one_line(data):
+    name = data.draw(st.sampled_from(sorted(FILES)))
+    path = data.draw(st.sampled_from(list(leaves(FILES[name]))))
+    mutation = data.draw(st.sampled_from(MUTATIONS))
+    opt = mutated(FILES[name], path, mutation)
+    try:
+        validate_options(opt)
+    except OptionError as err:
+        assert_one_line(err)
+        return
+    workers_bounded(opt)
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory):
+    from conftest import _write_pairs
+    root = tmp_path_factory.mktemp('data')
+    _write_pairs(root / 'train', 4, 64, seed=0)
+    _write_pairs(root / 'val', 2, 48, seed=1)
+    return root
+
+
+def _run_parse(opt, root, is_train, monkeypatch):
+    """``parse_options`` as ``basicsr train`` / ``test`` call it (schema, parsing, pre-flight; nothing built)."""
+    import basicsr.test
+    import basicsr.train
+    path = root / f'mutated_{os.getpid()}.yml'
+    path.write_text(yaml.safe_dump(opt))
+    monkeypatch.setattr(sys, 'argv', ['basicsr', '-opt', str(path)])
+    parse = basicsr.train.parse_options if is_train else basicsr.test.parse_options
+    parsed, _ = parse(str(root), is_train=is_train)
+    return parsed
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_small_run_mutated_parses_or_is_one_line(data, tiny_data, monkeypatch, capsys):
+    """The whole pre-flight (schema, BasicSR's parse_options, file and pairing checks) of a small valid run with
+    real images, train and test options, one leaf mutated."""
+    is_train = data.draw(st.booleans())
+    base = train_options(tiny_data) if is_train else options_for_test(tiny_data)
+    path = data.draw(st.sampled_from(list(leaves(base))))
+    opt = mutated(base, path, data.draw(st.sampled_from(MUTATIONS)))
+    with monkeypatch.context() as patch:
+        try:
+            parsed = _run_parse(opt, tiny_data, is_train, patch)
+        except (OptionError, FileNotFoundError) as err:
+            assert_one_line(err)
+            return
+    workers_bounded(parsed)
+
+
+def _cli_cases():
+    """A fixed sample of 10 mutated runs (8 train, 2 test): each a few iterations of a tiny DVMSR on CPU."""
+    rng = random.Random(23)
+    cases = []
+    for is_train, count in ((True, 8), (False, 2)):
+        paths = sorted(leaves(train_options(_Root()) if is_train else options_for_test(_Root())), key=str)
+        for _ in range(count):
+            cases.append((is_train, rng.choice(paths), rng.choice(MUTATIONS)))
+    return cases
+
+
+class _Root:
+    """Stands for the data folder when listing leaves (the paths' values do not matter there)."""
+
+    def __truediv__(self, other):
+        return self
+
+
+@pytest.mark.parametrize('is_train, path, mutation', _cli_cases(), ids=lambda v: str(v))
+def test_cli_sample_exits_0_or_2_without_traceback(is_train, path, mutation, tmp_path, write_pairs, monkeypatch,
+                                                   capsys):
+    write_pairs(tmp_path / 'train', 4, 64, seed=0)
+    write_pairs(tmp_path / 'val', 2, 48, seed=1)
+    base = train_options(tmp_path) if is_train else options_for_test(tmp_path)
+    opt = mutated(base, path, mutation)
+    yml = tmp_path / 'opt.yml'
+    yml.write_text(yaml.safe_dump(opt))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(logging.getLogger('basicsr'), 'handlers', [])
+    code = main(['train' if is_train else 'test', '-opt', str(yml)])
+    err = capsys.readouterr().err
+    assert code in (0, 2), err
+    assert 'Traceback' not in err
+    if code == 2:
+        assert err.strip().splitlines()[-1].startswith('basicsr ')
+
+
+# ---------------------------------------------------------------------------------------------------- unknown keys
+def test_unknown_key_warns_once_with_the_closest_name(tiny_data, capsys, monkeypatch):
+    opt = train_options(tiny_data)
+    opt['datasets']['train']['use_hfip'] = True
+    monkeypatch.setattr(option_schema, '_warned', set())
+    _run_parse(opt, tiny_data, True, monkeypatch)  # validated before and after parse_options
+    lines = [line for line in capsys.readouterr().err.splitlines() if 'use_hfip' in line]
+    assert lines == ['warning: datasets.train.use_hfip: unknown option, BasicSR ignores it; did you mean use_hflip?']
+
+
+def test_unknown_key_is_an_error_when_asked(tiny_data, monkeypatch):
+    opt = train_options(tiny_data)
+    opt['train']['ema_decy'] = 0.999
+    opt['unknown_options'] = 'error'
+    with pytest.raises(OptionError, match=r'^train\.ema_decy: unknown option.*did you mean ema_decay\?'):
+        validate_options(opt)
+
+
+# ---------------------------------------------------------------------------------------------------- basicsr check
+def test_check_accepts_a_valid_file_and_writes_nothing(tiny_data, tmp_path, monkeypatch, capsys):
+    yml = tmp_path / 'ok.yml'
+    yml.write_text(yaml.safe_dump(train_options(tiny_data)))
+    monkeypatch.chdir(tmp_path)
+    assert main(['check', '-opt', str(yml)]) == 0
+    assert 'ok (train options)' in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ['ok.yml']
+
+
+@pytest.mark.parametrize('change, strict, part', [
+    (lambda opt: opt['datasets']['train'].update(batch_size_per_gpu='four'), False,
+     "datasets.train.batch_size_per_gpu: 'four' is not a whole number"),
+    (lambda opt: opt['datasets']['train'].update(use_hfip=True), True,
+     'datasets.train.use_hfip: unknown option, BasicSR ignores it; did you mean use_hflip?'),
+    (lambda opt: opt['train']['pixel_opt'].update(type='abc'), False,
+     "train.pixel_opt.type: 'abc' is not registered in BasicSR's loss registry"),
+])
+def test_check_refuses_with_one_line_and_exit_2(change, strict, part, tiny_data, tmp_path, monkeypatch, capsys):
+    opt = train_options(tiny_data)
+    change(opt)
+    yml = tmp_path / 'bad.yml'
+    yml.write_text(yaml.safe_dump(opt))
+    monkeypatch.chdir(tmp_path)
+    assert main(['check', '-opt', str(yml), *(['--strict'] if strict else [])]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith('basicsr check: error: ') and part in last
+
+
+def test_check_of_a_test_file(tiny_data, tmp_path, monkeypatch, capsys):
+    yml = tmp_path / 'test.yml'
+    yml.write_text(yaml.safe_dump(options_for_test(tiny_data)))
+    monkeypatch.chdir(tmp_path)
+    assert main(['check', '-opt', str(yml)]) == 0
+    assert 'ok (test options)' in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------- error contract
+def test_registry_error_is_basicsr_keyerror_too():
+    from basicsr.utils.registry import ARCH_REGISTRY
+    with pytest.raises(KeyError) as caught:
+        ARCH_REGISTRY.get('DVMSRR')
+    assert isinstance(caught.value, OptionError) and 'did you mean DVMSR' in str(caught.value)
+    assert not str(caught.value).startswith("'")  # KeyError's quoting is not kept
+
+
+def test_schema_errors_are_basicsr_documented_exceptions_too(tiny_data):
+    opt = train_options(tiny_data)
+    opt['train']['optim_g']['type'] = 'Adamm'
+    with pytest.raises(NotImplementedError, match=r'^train\.optim_g\.type: .*did you mean Adam\?') as caught:
+        validate_options(opt)
+    assert isinstance(caught.value, OptionError)
+    opt = train_options(tiny_data)
+    opt['network_g']['type'] = 'DVMSRR'
+    with pytest.raises(KeyError, match='network_g.type'):
+        validate_options(opt)
