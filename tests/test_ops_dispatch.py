@@ -377,9 +377,15 @@ def test_cpu_tensors_take_triton_only_when_forced_in_the_interpreter(fresh_dispa
         dispatch.select('selective_scan', inputs)
 
 
-def test_installed_triton_has_the_reverse_scan():
+def test_triton_without_the_reverse_scan_is_refused(monkeypatch):
     scan_triton = pytest.importorskip('dvmsr_mma.ops.scan_triton')
-    assert scan_triton.version_problem() is None
+
+    def associative_scan(input, axis, combine_fn, _builder=None, _generator=None):  # Triton 2.3's signature
+        raise AssertionError
+
+    monkeypatch.setattr(scan_triton.tl, 'associative_scan', associative_scan)
+    assert scan_triton.version_problem().endswith('has no tl.associative_scan(reverse=...); the Triton scan needs '
+                                                  'triton >= 3.0 (torch >= 2.4)')
 
 
 def test_log_is_once_per_op_path_and_reason(kernels_on_meta, caplog):
