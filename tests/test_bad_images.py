@@ -1,5 +1,5 @@
 """Issue 23: bad images never kill a run. A truncated PNG, a zero-byte PNG and a text file named ``.png`` among the
-HR images (and, in an LMDB, a key listed in ``meta_info.txt`` without a value), plus a grayscale and an RGBA pair:
+HR images (and, in an LMDB, a key listed in ``meta_info.txt`` without a value), plus grayscale, RGBA and 16-bit pairs:
 the run finishes and logs each bad file once; with more bad files than ``max_bad_share`` it stops with one line,
 exit 1. ``basicsr prep verify`` decodes every image of a folder; decoding failures in infer are one line each."""
 import os
@@ -23,7 +23,7 @@ def _bad_bytes(good_png: bytes):
 
 
 def add_bad_and_odd_images(hr_dir, lr_dir):
-    """Bad HR files (good LR partners, so the pairs line up), a grayscale and an RGBA pair."""
+    """Bad HR files (good LR partners, so the pairs line up), a grayscale, an RGBA and a 16-bit pair."""
     hr0 = cv2.imread(os.path.join(hr_dir, '0000.png'))
     lr0 = cv2.imread(os.path.join(lr_dir, '0000.png'))
     good_png = open(os.path.join(hr_dir, '0000.png'), 'rb').read()
@@ -34,6 +34,8 @@ def add_bad_and_odd_images(hr_dir, lr_dir):
     cv2.imwrite(os.path.join(lr_dir, '0104.png'), cv2.cvtColor(lr0, cv2.COLOR_BGR2GRAY))
     cv2.imwrite(os.path.join(hr_dir, '0105.png'), cv2.cvtColor(hr0, cv2.COLOR_BGR2BGRA))
     cv2.imwrite(os.path.join(lr_dir, '0105.png'), cv2.cvtColor(lr0, cv2.COLOR_BGR2BGRA))
+    cv2.imwrite(os.path.join(hr_dir, '0106.png'), hr0.astype(np.uint16) * 257)  # 16-bit
+    cv2.imwrite(os.path.join(lr_dir, '0106.png'), lr0.astype(np.uint16) * 257)
 
 
 def to_lmdb(folder, hr_dir, lr_dir):
@@ -58,7 +60,7 @@ def to_lmdb(folder, hr_dir, lr_dir):
 
 
 def bad_run_options(folder, write_pairs, backend, max_bad_share):
-    path = write_options(folder, write_pairs, total_iter=12)
+    path = write_options(folder, write_pairs, total_iter=40)  # two epochs: every file is drawn
     opt = yaml.safe_load(path.read_text())
     train = opt['datasets']['train']
     add_bad_and_odd_images(train['dataroot_gt'], train['dataroot_lq'])
@@ -135,7 +137,7 @@ def test_prep_verify_decodes_every_image_of_a_folder(tmp_path, write_pairs, caps
     assert sorted(line.split(': ')[1] for line in failed) == sorted(
         os.path.join(hr_dir, f'{name}.png') for name in (*BAD, 'big'))
     assert any('CV_IO_MAX_IMAGE_PIXELS' in line for line in failed)
-    assert err[-1].startswith('error: ') and '4 of 9 images' in err[-1]
+    assert err[-1].startswith('error: ') and '4 of 10 images' in err[-1]
 
 
 def test_infer_goes_on_after_an_image_past_the_pixel_cap(tmp_path):
