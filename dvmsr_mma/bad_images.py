@@ -36,6 +36,18 @@ class BadImage(OptionError):
     """One sample's image cannot be read; the message is ``<path or LMDB key>: <why>``."""
 
 
+_UNREADABLE: Dict[type, type] = {}
+
+
+def _unreadable(err: OSError, name: str) -> BadImage:
+    """A :class:`BadImage` that is also the ``OSError`` subclass upstream raised (``FileNotFoundError``...), so code
+    that catches BasicSR's exception still does."""
+    kind = type(err)
+    if kind not in _UNREADABLE:
+        _UNREADABLE[kind] = type(f'BadImage{kind.__name__}', (BadImage, kind), {'__str__': BaseException.__str__})
+    return _UNREADABLE[kind](f'{name}: cannot be read ({err.strerror or err})')
+
+
 class TooManyBadImages(TrainingStopped):
     """More than ``max_bad_share`` of a dataset's files are bad; the message is the one line to print."""
 
@@ -50,7 +62,7 @@ def _getting(get: Callable) -> Callable:
         try:
             value = get(self, filepath, client_key)
         except OSError as err:
-            raise BadImage(f'{name}: cannot be read ({err.strerror or err})') from None
+            raise _unreadable(err, name) from None
         if value is None:  # LmdbBackend: txn.get of a key that is not there
             raise BadImage(f'{name}: no such key in the LMDB ({client_key})')
         return value

@@ -156,3 +156,12 @@ def test_infer_goes_on_after_an_image_past_the_pixel_cap(tmp_path):
                                   str(tmp_path / 'out'), progress=False)
     assert [os.path.basename(p) for p in written] == ['b_ok_x1.png']
     assert 'past OpenCV\'s decoder cap' in failed[str(folder / 'a_big.png')]
+
+
+def test_a_missing_file_is_still_basicsrs_filenotfounderror(tmp_path):
+    from basicsr.utils import FileClient
+    from dvmsr_mma.bad_images import BadImage
+    with pytest.raises(FileNotFoundError) as caught:
+        FileClient('disk').get(str(tmp_path / 'gone.png'))
+    assert isinstance(caught.value, BadImage) and str(caught.value).endswith('gone.png: cannot be read (No such file '
+                                                                              'or directory)')
