@@ -165,3 +165,16 @@ def test_a_missing_file_is_still_basicsrs_filenotfounderror(tmp_path):
         FileClient('disk').get(str(tmp_path / 'gone.png'))
     assert isinstance(caught.value, BadImage) and str(caught.value).endswith('gone.png: cannot be read (No such file '
                                                                               'or directory)')
+
+
+def test_stop_on_bad_images_saves_the_last_iteration(tmp_path, write_pairs):
+    """The second bad file of the 10 (max_bad_share 0.15) comes after some iterations: they are saved as on SIGTERM
+    and the run resumes from them."""
+    from train_runs import run_dir
+    yml, _ = bad_run_options(tmp_path, write_pairs, 'disk', max_bad_share=0.15)
+    result = run_train(tmp_path, yml)
+    assert result.returncode == 1, result.stderr[-3000:]
+    saved = re.search(r'saved the training state of iter (\d+); continue with --auto_resume', result.stderr)
+    assert saved, result.stderr[-3000:]
+    assert (run_dir(tmp_path) / 'training_states' / f'{saved[1]}.state').is_file()
+    assert (run_dir(tmp_path) / 'models' / f'net_g_{saved[1]}.pth').is_file()
