@@ -15,11 +15,13 @@ whose graph does not depend on the length (:mod:`dvmsr_mma.ops.scan_graph`: fixe
 Convolutional networks export dynamic as they are (tested: BasicSR's SRVGGNetCompact). Either way the nodes'
 debugging metadata (torch's stack traces, 4.5 MB of a 6.7 MB DVMSR file) is dropped.
 """
+import contextlib
 import copy
 import importlib
+import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -211,13 +213,30 @@ def _drop_node_metadata(model: Any) -> None:
         node.metadata_props.clear()
 
 
+@contextlib.contextmanager
+def _quiet_export_log() -> Iterator[None]:
+    """Silence two logs that misread a dynamic export: ``torch.export``'s, whose first, strict attempt fails on the
+    symbolic sizes and logs an ERROR line (``always_classified is unsupported``) before torch.onnx's next attempt
+    succeeds, and onnx_ir's warning that an empty list attribute (the first scan's ``scan_output_directions``: it
+    emits nothing) defaults to ints, which is right. A real failure still raises, reported in one line."""
+    loggers = [logging.getLogger(name) for name in ('torch.export._trace', 'onnx_ir._convenience')]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _onnx_program(net: nn.Module, sample: torch.Tensor, arch: str, opset: Optional[int], dynamic: bool) -> Any:
     """torch.export -> ONNX on the PyTorch ops path (dynamic: its length-independent scan); a failure is one
     line. Without onnxscript's graph optimizer: on the released DVMSR x4 at 64x64 (20,574 nodes) it took 970 s after
     a 129 s export, and onnxruntime optimizes the graph itself when it loads it."""
     dynamic_shapes = ({2: torch.export.Dim('height'), 3: torch.export.Dim('width')}, ) if dynamic else None
     try:
-        with torch.no_grad(), ops_path('graph') if dynamic else force_torch_ops():
+        with torch.no_grad(), ops_path('graph') if dynamic else force_torch_ops(), _quiet_export_log():
             return torch.onnx.export(net, (sample, ), None, dynamo=True, input_names=['input'], output_names=['output'],
                                      opset_version=opset, dynamic_shapes=dynamic_shapes, verbose=False,
                                      optimize=False)

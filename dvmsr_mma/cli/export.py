@@ -13,9 +13,9 @@ def main(argv: List[str]) -> int:
     add_network_arguments(parser)
     parser.add_argument('--onnx', required=True, metavar='OUT.onnx', help='the file to write (replaced atomically)')
     parser.add_argument('--size', default='64x64', help='LR input size HxW of the graph (default 64x64: the tile '
-                        'basicsr infer --onnx feeds it)')
-    parser.add_argument('--dynamic', action='store_true', help='symbolic height and width (convolutional '
-                        'networks; the Mamba scan needs a fixed size)')
+                        'basicsr infer --onnx feeds it); with --dynamic, the size it is traced and checked at')
+    parser.add_argument('--dynamic', action='store_true', help='symbolic height and width: one graph for every '
+                        'input size (DVMSR and MMA: a scan whose graph does not depend on the length)')
     parser.add_argument('--opset', type=int, help='ONNX opset (default: torch\'s)')
     parser.add_argument('--fp16', action='store_true', help='a float16 graph (float16 input and output)')
     parser.add_argument('--no-check', action='store_true', help='skip the onnxruntime check')
