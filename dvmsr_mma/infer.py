@@ -1,5 +1,6 @@
-"""Inference on image files: build a network from an option file or a registry name, load weights strictly,
-upscale (optionally tile by tile), write ``<name>_x<s>.png``.
+"""Inference on image files: build a network from an option file, a registry name or (DVMSR, MMA) the shapes of
+its checkpoint, load weights strictly, upscale (optionally tile by tile), write ``<name>_x<s>.png``. Building from
+a checkpoint and :class:`SRInferencer` need neither basicsr nor cv2 (ComfyUI, chaiNNer).
 
 Conventions follow Real-ESRGAN's ``RealESRGANer`` (``realesrgan/utils.py``): ``tile`` / ``tile_pad`` with the
 padded tile's output cropped back (no blending), ``half``, and alpha upscaled separately. Alpha goes through the

@@ -16,7 +16,6 @@ Memory is O(b d l + b d n l / CHUNK); the work is about twice one pass (step 2 a
 """
 import torch
 import torch.nn.functional as F
-from torch._higher_order_ops.scan import scan
 
 from .selective_scan import _prepare, checked_b_c
 
@@ -44,6 +43,7 @@ def _chunk_carry(carry, xs):
 def selective_scan_graph(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """:func:`~dvmsr_mma.ops.selective_scan.selective_scan_torch`'s semantics (same arguments and shapes; returns
     (b, d, l) in u's dtype) in a graph whose size does not depend on l (see the module docstring)."""
+    from torch._higher_order_ops.scan import scan  # recent torch only: imported when a dynamic graph is traced
     dtype_in = u.dtype
     B, C = checked_b_c(u, delta, A, B, C, D, z, delta_bias)
     u, _, dt, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
