@@ -6,7 +6,8 @@ Set5/Set14/B100/Urban100/Manga109 into ``datasets/benchmark/<Set>/{HR,LR_bicubic
 Each function returns a ``Summary`` whose ``str()`` is the one-line summary; bad input raises ``PrepError``.
 """
 import importlib
-from typing import Any
+import sys
+import types
 
 from datasets_prep.common import PrepError, Summary
 
@@ -18,7 +19,15 @@ __all__ = ['PrepError', 'VerifyError', 'Summary', 'extract_subimages', 'make_lr'
            'arrange_benchmark']
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    return getattr(importlib.import_module(f'{__name__}.{_LAZY[name]}'), name)
+class _Steps(types.ModuleType):
+    """The package, with each step function looked up in its module on every access: a function shares its
+    module's name (``make_lr`` in ``make_lr.py``), and importing the module makes Python set the package attribute
+    of that name to the module, which a module-level ``__getattr__`` would then never see."""
+
+    def __getattribute__(self, name: str):
+        if name in _LAZY:
+            return getattr(importlib.import_module(f'{__name__}.{_LAZY[name]}'), name)
+        return super().__getattribute__(name)
+
+
+sys.modules[__name__].__class__ = _Steps
