@@ -13,7 +13,7 @@ setup(
     # What inference needs (basicsr infer --weights, dvmsr_mma.spandrel in ComfyUI / chaiNNer): no basicsr, which is
     # an sdist whose build pip runs in isolation (another torch) and which brings OpenCV, LMDB, scikit-image, ...
     install_requires=[
-        'torch>=1.13',
+        'torch>=2.4',  # the oldest run (tests: README, Selective scan); torch 2.0 lacks torch.amp.GradScaler
         'numpy',
         'pyyaml',
         'tqdm',

@@ -394,3 +394,32 @@ def test_log_is_once_per_op_path_and_reason(kernels_on_meta, caplog):
             dispatch.select('selective_scan', scan_tensors(1, 8, 16, 10))
             dispatch.select('selective_scan', scan_tensors(1, 8, 300, 10))
     assert len(_info(caplog)) == 2
+
+
+def test_ops_imports_point_one_way():
+    """Within dvmsr_mma/ops no module imports, at the top or inside a function, one that imports it back: the
+    public entry points import the dispatch, the dispatch the kernel limits, the implementations only leaves."""
+    import ast
+    import os
+    folder = os.path.dirname(dispatch.__file__)
+    graph = {}
+    for name in os.listdir(folder):
+        if name.endswith('.py') and name != '__init__.py':
+            tree = ast.parse(open(os.path.join(folder, name)).read())
+            targets = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom):
+                    module = node.module or ''
+                    if node.level == 1:
+                        targets.add(module.split('.')[0] if module else None)
+                    elif module.startswith('dvmsr_mma.ops.'):
+                        targets.add(module.split('.')[2])
+            graph[name[:-3]] = {t for t in targets if t}
+
+    def reaches(start, goal, seen=()):
+        return any(t == goal or (t not in seen and reaches(t, goal, seen + (t, ))) for t in graph.get(start, ()))
+
+    circles = [m for m in graph if reaches(m, m)]
+    assert circles == [], {m: graph[m] for m in circles}
+    for implementation in ('scan_cpu', 'scan_triton', 'scan_graph', 'scan_inputs', 'cuda_kernels'):
+        assert 'dispatch' not in graph[implementation] and 'selective_scan' not in graph[implementation]

@@ -17,7 +17,7 @@ Memory is O(b d l + b d n l / CHUNK); the work is about twice one pass (step 2 a
 import torch
 import torch.nn.functional as F
 
-from .selective_scan import _prepare, checked_b_c
+from .scan_inputs import checked_b_c, fp32_inputs
 
 CHUNK = 64  # steps per chunk: K = l / 64 iterations of the cross-chunk scan, 64 of the in-chunk one
 
@@ -46,7 +46,7 @@ def selective_scan_graph(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     from torch._higher_order_ops.scan import scan  # recent torch only: imported when a dynamic graph is traced
     dtype_in = u.dtype
     B, C = checked_b_c(u, delta, A, B, C, D, z, delta_bias)
-    u, _, dt, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    u, _, dt, A, B, C = fp32_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
     b, d, l = u.shape
     g, n = B.shape[1], A.shape[1]
     dg = d // g

@@ -1,10 +1,10 @@
-"""The input checks every non-kernel selective scan path runs first (PyTorch, numba, Triton).
+"""The input checks and fp32 preparation the non-kernel selective scan paths share (PyTorch, numba, Triton, graph).
 
 A leaf module: the implementations import it, and it imports none of them nor the dispatch.
 """
 import torch.nn.functional as F
 
-__all__ = ['checked_b_c']
+__all__ = ['checked_b_c', 'fp32_inputs']
 
 
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
@@ -50,7 +50,7 @@ def checked_b_c(u, delta, A, B, C, D, z, delta_bias):
     return B, C
 
 
-def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
+def fp32_inputs(u, delta, A, B, C, delta_bias, delta_softplus):
     """fp32 copies, delta with bias and softplus applied, B/C as (b, g, n, l)."""
     u = u.float()
     delta_raw = delta.float()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .cuda_kernels import kernel_function
 from .dispatch import select
-from .scan_inputs import _prepare, checked_b_c
+from .scan_inputs import checked_b_c, fp32_inputs
 
 __all__ = ['selective_scan', 'selective_scan_torch', 'selective_scan_step_loop']
 
@@ -107,7 +107,7 @@ class _SelectiveScanFn(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         dtype_in = u.dtype
         b, d, seqlen = u.shape
-        u32, delta_raw, dt, A32, B32, C32 = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+        u32, delta_raw, dt, A32, B32, C32 = fp32_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
         groups = B32.shape[1]
         chunk = _chunk_len(seqlen)
         k = math.ceil(seqlen / chunk)
@@ -131,7 +131,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         b, d, seqlen = u.shape
         chunk = ctx.chunk
         k = h0.shape[-2]
-        u32, delta_raw, dt, A32, B32, C32 = _prepare(u, delta, A, B, C, delta_bias, ctx.delta_softplus)
+        u32, delta_raw, dt, A32, B32, C32 = fp32_inputs(u, delta, A, B, C, delta_bias, ctx.delta_softplus)
         groups = B32.shape[1]
         dg = d // groups
         n = A32.shape[1]
@@ -234,7 +234,7 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 def selective_scan_step_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """Plain step-by-step loop over l (autograd through it); the baseline the benchmark compares against."""
     dtype_in = u.dtype
-    u, _, dt, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    u, _, dt, A, B, C = fp32_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
     b, d, seqlen = u.shape
     per_group = d // B.shape[1]
     # unbind once: indexing [..., t] inside the loop would make autograd write a full-size gradient per step
