@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dvmsr_mma-installed
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench lint
 
 # torch first: basicsr 1.4.2 is an sdist whose setup.py imports torch, and building it in pip's
 # isolated environment would download a second full torch; so it is built against ours.
@@ -36,7 +36,11 @@ install: $(STAMP)
 demo: install
 	$(BIN)/basicsr demo
 
-test: install $(UPSTREAM)
+# ruff.toml is the one style configuration; the tests run only on clean code
+lint: install
+	$(BIN)/ruff check .
+
+test: lint $(UPSTREAM)
 	DVMSR_MMA_REQUIRE_UPSTREAM=1 $(BIN)/python -m pytest -q
 
 bench: install

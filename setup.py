@@ -1,9 +1,14 @@
 """dvmsr_mma: Vision-Mamba super-resolution (DVMSR, MMA) as a BasicSR plugin."""
+import re
+
 from setuptools import find_packages, setup
+
+# one version, dvmsr_mma.__version__, matching CHANGELOG.md (read as text: importing the package imports torch)
+VERSION = re.search(r"^__version__ = '([^']+)'", open('dvmsr_mma/__init__.py', encoding='utf-8').read(), re.M).group(1)
 
 setup(
     name='dvmsr_mma',
-    version='0.1.0',
+    version=VERSION,
     description='DVMSR and MMA Vision-Mamba super-resolution networks and distillation for BasicSR',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
@@ -42,7 +47,7 @@ setup(
         # ArchSupport entries for chaiNNer / ComfyUI's model loader (dvmsr_mma.spandrel).
         'spandrel': ['spandrel'],
         # triton runs the Triton scan's tests in its interpreter; it comes with PyTorch's Linux x86-64 CUDA wheels.
-        'test': ['pytest', 'pytest-timeout', 'hypothesis',  # hypothesis: the option files' property tests
+        'test': ['pytest', 'pytest-timeout', 'ruff', 'hypothesis',  # hypothesis: the option files' property tests
                  'triton; platform_system == "Linux" and platform_machine == "x86_64"'],
     },
     entry_points={'console_scripts': ['basicsr = dvmsr_mma.cli:main']},

@@ -15,8 +15,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import dvmsr_mma  # noqa: E402,F401  (first: its OpenMP default applies only before torch loads)
+
+# isort: split
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
 from dvmsr_mma.archs.dvmsr_arch import DVMSR  # noqa: E402
 from dvmsr_mma.archs.mma_arch import MMA_T  # noqa: E402
 from dvmsr_mma.precision import autocast, grad_scaler  # noqa: E402

@@ -19,9 +19,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import dvmsr_mma  # noqa: E402,F401  (first: its OpenMP default applies only before torch loads)
+
+# isort: split
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import torch  # noqa: E402
+
 from dvmsr_mma.archs.dvmsr_arch import DVMSR  # noqa: E402
 from dvmsr_mma.export import export_onnx, ort_session  # noqa: E402
 from dvmsr_mma.ops import force_torch_ops  # noqa: E402

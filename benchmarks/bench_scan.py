@@ -23,8 +23,11 @@ import types
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import dvmsr_mma  # noqa: E402,F401  (first: its OpenMP default applies only before torch loads)
+
+# isort: split
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
 from dvmsr_mma.archs.dvmsr_arch import DVMSR  # noqa: E402
 from dvmsr_mma.ops import force_torch_ops, selective_scan  # noqa: E402
 from dvmsr_mma.ops.dispatch import probe  # noqa: E402

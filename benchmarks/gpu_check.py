@@ -21,8 +21,11 @@ os.environ.setdefault('TRITON_INTERPRET', '0')  # compiled Triton, whatever the 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import dvmsr_mma  # noqa: E402,F401
+
+# isort: split
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
 from dvmsr_mma.archs.dvmsr_arch import DVMSR  # noqa: E402
 from dvmsr_mma.archs.mma_arch import MMA_T  # noqa: E402
 from dvmsr_mma.ops import cuda_kernels, dispatch, selective_scan  # noqa: E402
@@ -166,7 +169,8 @@ def edge_table(found):
     logging.getLogger(dispatch.__name__).addHandler(handler)
     logging.getLogger(dispatch.__name__).setLevel(logging.INFO)
     torch.manual_seed(0)
-    cases = (('DVMSR embed_dim 30, 64x64, fwd+bwd', DVMSR(embed_dim=30, drop_path_rate=0.).cuda(), (2, 3, 64, 64), True),
+    cases = (('DVMSR embed_dim 30, 64x64, fwd+bwd', DVMSR(embed_dim=30, drop_path_rate=0.).cuda(), (2, 3, 64, 64),
+              True),
              ('DVMSR x4, 2048x2100 LR (4.3M tokens), fwd', DVMSR().cuda().eval(), (1, 3, 2048, 2100), False))
     for name, net, shape, backward in cases:
         x = torch.rand(*shape, device='cuda')

@@ -61,8 +61,9 @@ def make_lmdb(folder: str,
     ``multiprocessing_read`` reads all images into memory first with ``n_thread`` processes (BasicSR's
     option: faster on many cores, needs RAM for the whole folder).
     """
-    import dvmsr_mma  # noqa: F401  (patches basicsr 1.4.2 before it is imported)
     from basicsr.utils import lmdb_util
+
+    import dvmsr_mma  # noqa: F401  (patches basicsr 1.4.2 before it is imported)
 
     lmdb_path = osp.abspath(lmdb_path.rstrip('/\\'))
     if not lmdb_path.endswith('.lmdb'):
@@ -123,7 +124,6 @@ def _quiet_make_lmdb_from_imgs(*args):
     from unittest import mock
 
     import tqdm as tqdm_module
-
     from basicsr.utils import lmdb_util
     quiet_tqdm = lambda *a, **k: tqdm_module.tqdm(*a, **{**k, 'disable': True})  # noqa: E731
     with contextlib.redirect_stdout(io.StringIO()), mock.patch.object(lmdb_util, 'tqdm', quiet_tqdm):

@@ -19,4 +19,4 @@ if basicsr_importable():
 
     from dvmsr_mma import archs, data, models  # noqa: F401  (registers into BasicSR's registries)
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'  # CHANGELOG.md

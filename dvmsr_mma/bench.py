@@ -144,7 +144,9 @@ def psnr_on(net: nn.Module, scale: int, dataset_dir: str, device: Optional[str] 
     """Mean Y-PSNR (crop_border=scale) over ``dataset_dir``/HR vs SR of ``LR_bicubic/X<s>/<name>x<s>.<ext>``
     (or the same name as the HR file)."""
     import os
+
     from basicsr.metrics import calculate_psnr
+
     from dvmsr_mma.infer import SRInferencer, read_image
     hr_dir, lr_dir = os.path.join(dataset_dir, 'HR'), os.path.join(dataset_dir, 'LR_bicubic', f'X{scale}')
     if not os.path.isdir(hr_dir) or not os.path.isdir(lr_dir):

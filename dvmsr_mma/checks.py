@@ -25,8 +25,14 @@ from torch import nn
 from datasets_prep.common import IMG_EXTENSIONS, iter_image_files
 from dvmsr_mma.distillation_options import NO_TEACHER
 from dvmsr_mma.errors import OptionError
-from dvmsr_mma.option_schema import network_arguments_problem  # noqa: F401  (dvmsr_mma.infer imports it here)
-from dvmsr_mma.option_schema import NUMBER_PATTERN, not_a_number, signature_parameters, validate_options, warn
+from dvmsr_mma.option_schema import (
+    NUMBER_PATTERN,
+    network_arguments_problem,  # noqa: F401  (dvmsr_mma.infer imports it here)
+    not_a_number,
+    signature_parameters,
+    validate_options,
+    warn,
+)
 from dvmsr_mma.train_step import AMP_AWARE
 from dvmsr_mma.weights import check_finite, few_names, load_checkpoint, state_dict_mismatch, without_module_prefix
 

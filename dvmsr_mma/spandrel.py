@@ -15,8 +15,7 @@ and both precisions are supported. Tiling is discouraged, as spandrel marks Swin
 from typing import Any, List, Mapping
 
 try:
-    from spandrel import (MAIN_REGISTRY, Architecture, ArchRegistry, ArchSupport, ImageModelDescriptor,
-                          ModelTiling)
+    from spandrel import MAIN_REGISTRY, Architecture, ArchRegistry, ArchSupport, ImageModelDescriptor, ModelTiling
 except ImportError as err:
     raise ImportError("dvmsr_mma.spandrel needs the spandrel package: pip install 'dvmsr_mma[spandrel]'") from err
 

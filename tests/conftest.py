@@ -9,6 +9,8 @@ if not (os.path.isdir('/proc/driver/nvidia/gpus') and os.listdir('/proc/driver/n
 # first: patches basicsr and fills the registries before any test imports basicsr, and sets OpenMP's spin-wait
 # default, which applies only before torch loads (dvmsr_mma/openmp_env.py)
 import dvmsr_mma  # noqa: E402,F401
+
+# isort: split
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -18,7 +18,6 @@ from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
-
 from test_ops_scan import reference_scan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,8 +62,9 @@ class ScanCuda(types.ModuleType):
         check(A.dtype in (torch.float32, torch.complex64), 'weight_type == Float || ComplexFloat')
         var_b, var_c = B.dim() >= 3, C.dim() >= 3
         check(delta.dtype == u.dtype, 'delta.scalar_type() == input_type')
-        check(B.dtype == (u.dtype if var_b else A.dtype), 'B.scalar_type() == (!is_variable_B ? weight_type : input_type)')
-        check(C.dtype == (u.dtype if var_c else A.dtype), 'C.scalar_type() == (!is_variable_C ? weight_type : input_type)')
+        for name, x, var in (('B', B, var_b), ('C', C, var_c)):
+            check(x.dtype == (u.dtype if var else A.dtype),
+                  f'{name}.scalar_type() == (!is_variable_{name} ? weight_type : input_type)')
         check(u.stride(-1) == 1 or u.size(-1) == 1, 'u.stride(-1) == 1 || u.size(-1) == 1')
         check(delta.stride(-1) == 1 or delta.size(-1) == 1, 'delta.stride(-1) == 1 || delta.size(-1) == 1')
         b, d, l = u.shape
@@ -99,8 +99,8 @@ class ScanCuda(types.ModuleType):
     @staticmethod
     def _reference(u, delta, A, B, C, D, z, delta_bias, softplus):
         """(out before the gate, out after it), float64, with autograd."""
-        squeeze = (lambda x: x[:, 0] if x.dim() == 4 and x.shape[1] == 1 else x)
-        out = reference_scan(u, delta, A, squeeze(B), squeeze(C), D, None, delta_bias, softplus)
+        B, C = (x[:, 0] if x.dim() == 4 and x.shape[1] == 1 else x for x in (B, C))
+        out = reference_scan(u, delta, A, B, C, D, None, delta_bias, softplus)
         return out, (out * F.silu(z.double()) if z is not None else None)
 
     def fwd(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus):

@@ -6,11 +6,11 @@ import logging
 import pytest
 import torch
 import yaml
-
 from basicsr.archs import build_network
 from basicsr.models import build_model
-from dvmsr_mma.cli import main
 from train_runs import SCALE, tiny_dvmsr, write_options
+
+from dvmsr_mma.cli import main
 
 DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.cuda)]
 

@@ -10,10 +10,10 @@ import lmdb
 import numpy as np
 import pytest
 import yaml
-
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
-from dvmsr_mma.image_io import ImageReadError, decode
 from train_runs import run_train, write_options
+
+from dvmsr_mma.image_io import ImageReadError, decode
 
 BAD = ('0100', '0101', '0102')  # truncated, zero bytes, text
 
@@ -160,6 +160,7 @@ def test_infer_goes_on_after_an_image_past_the_pixel_cap(tmp_path):
 
 def test_a_missing_file_is_still_basicsrs_filenotfounderror(tmp_path):
     from basicsr.utils import FileClient
+
     from dvmsr_mma.bad_images import BadImage
     with pytest.raises(FileNotFoundError) as caught:
         FileClient('disk').get(str(tmp_path / 'gone.png'))

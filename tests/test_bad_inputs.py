@@ -8,9 +8,9 @@ import cv2
 import pytest
 import torch
 import yaml
-
 from basicsr.archs import build_network
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+
 from dvmsr_mma.checks import check_options
 from dvmsr_mma.cli import main
 
@@ -418,6 +418,7 @@ def test_hidden_files_in_imagenet_folders_are_skipped(kind, tmp_path, write_pair
     """BasicSR's recursive ``scandir`` takes a hidden file for a folder (NotADirectoryError): a macOS
     ``.DS_Store`` next to ImageNet's class folders must neither break the checks nor the dataset."""
     from basicsr.utils.registry import DATASET_REGISTRY
+
     from dvmsr_mma.checks import check_dataset
 
     root = tmp_path / 'imagenet'

@@ -2,9 +2,9 @@
 import json
 
 import torch
+from basicsr.archs.srvgg_arch import SRVGGNetCompact
 
 import dvmsr_mma  # noqa: F401
-from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.bench import benchmark, count_flops
 from dvmsr_mma.cli import main as cli_main

@@ -11,8 +11,7 @@ import lmdb
 import numpy as np
 import pytest
 
-from datasets_prep import PrepError, VerifyError, arrange_benchmark, extract_subimages, make_lmdb, make_lr
-from datasets_prep import verify_lmdb
+from datasets_prep import PrepError, VerifyError, arrange_benchmark, extract_subimages, make_lmdb, make_lr, verify_lmdb
 from datasets_prep.cli import main
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

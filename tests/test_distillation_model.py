@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 import yaml
-
 from basicsr.archs import build_network
 from basicsr.models import build_model
 from basicsr.utils.registry import ARCH_REGISTRY
+
 from dvmsr_mma.errors import OptionError
 
 SCALE = 2

@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 import yaml
-
 from basicsr.archs import build_network
+
 from dvmsr_mma.compat import first_slurm_host
 
 SCALE = 2

@@ -1,10 +1,11 @@
 """DVMSR architecture: released state-dict layout, shapes for x2/x3/x4 on odd sizes, gradients, ViMM without skip."""
 import io
 import os
+
 import pytest
 import torch
-
 from basicsr.utils.registry import ARCH_REGISTRY
+
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 
 # Keys and shapes of the released x4 model (nathan66666/DVMSR model_zoo/DVMSR.pth, 'params_ema' and 'params';

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from basicsr.archs.srvgg_arch import SRVGGNetCompact
 
 import dvmsr_mma  # noqa: F401
-from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.archs.mma_arch import MMA_T
 from dvmsr_mma.cli import main as cli_main
@@ -105,7 +105,8 @@ def test_dynamic_export_from_the_weights_alone_then_infer_without_tiles(exported
     img = np.random.default_rng(3).integers(0, 256, (13, 21, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / 'a.png'), img)
     src = str(tmp_path / 'a.png')
-    assert cli_main(['infer', '--onnx', str(tmp_path / 'd.onnx'), '-i', src, '-o', str(tmp_path / 'o1'), '--quiet']) == 0
+    assert cli_main(['infer', '--onnx', str(tmp_path / 'd.onnx'), '-i', src, '-o', str(tmp_path / 'o1'),
+                     '--quiet']) == 0
     assert cli_main(['infer', '--weights', str(exported / 'w.pth'), '-i', src, '-o', str(tmp_path / 'o2'), '--device',
                      'cpu', '--quiet']) == 0
     onnx_out, torch_out = (cv2.imread(str(tmp_path / o / 'a_x2.png')).astype(int) for o in ('o1', 'o2'))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from basicsr.archs.srvgg_arch import SRVGGNetCompact
 
 import dvmsr_mma  # noqa: F401
-from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.cli import main as cli_main
 from dvmsr_mma.infer import SRInferencer
@@ -202,6 +202,7 @@ def test_suggested_tile():
 def test_out_of_memory_frees_the_activations():
     """The error keeps torch's error as its cause, but not the tensors the network's frames held."""
     import weakref
+
     from dvmsr_mma.infer import NotEnoughMemory
     held = []
 

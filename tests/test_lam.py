@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 import dvmsr_mma  # noqa: F401
-from basicsr.utils.registry import ARCH_REGISTRY
 from dvmsr_mma import lam
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.cli import main as cli_main

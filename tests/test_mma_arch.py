@@ -1,9 +1,10 @@
 """MMA architecture: official state-dict layout and sizes, x2/x3/x4 on odd sizes, gradients, bidirectional Vim."""
 import io
+
 import pytest
 import torch
-
 from basicsr.utils.registry import ARCH_REGISTRY
+
 from dvmsr_mma.archs.mamba_block import Mamba
 from dvmsr_mma.archs.mma_arch import MMA, MMA_B, MMA_T
 

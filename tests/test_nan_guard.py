@@ -5,11 +5,11 @@ import re
 
 import pytest
 import torch
-
 from basicsr.models import build_model
-from dvmsr_mma.stops import TrainingDiverged
 from test_amp import batch, model_opt, weights
 from train_runs import load_net, run_dir, run_train, write_options
+
+from dvmsr_mma.stops import TrainingDiverged
 
 
 def test_nan_loss_stops_the_run_before_any_bad_checkpoint(tmp_path, write_pairs):

@@ -19,11 +19,11 @@ this project's shared 2-core machine, hence the ``slow`` marks; the test runs to
 import logging
 import os
 
+import basicsr.utils.logger
 import pytest
 import torch
-
-import basicsr.utils.logger
 from basicsr.utils.registry import ARCH_REGISTRY
+
 from dvmsr_mma.cli import main
 
 NETWORK = """\

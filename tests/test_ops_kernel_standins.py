@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import torch
+from kernel_standins import UPSTREAM_PAIRS, load_upstream, upstream_paths
 
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.archs.mma_arch import MMA_B, MMA_T
 from dvmsr_mma.ops import cuda_kernels, dispatch, force_torch_ops
-from kernel_standins import UPSTREAM_PAIRS, load_upstream, upstream_paths
 
 NETWORKS = {
     # widths whose d_inner is not a multiple of 8 (20, 12) next to the released ones (120, 96, 384)
@@ -48,7 +48,8 @@ def upstream(request, fresh_dispatch):
     for name, module in modules.items():
         fresh_dispatch.setitem(sys.modules, name, module)
     fresh_dispatch.setattr(cuda_kernels, 'KERNEL_DEVICES', ['cpu'])
-    fresh_dispatch.setattr(cuda_kernels, '_mamba_has_64bit_offsets', lambda: modules['selective_scan_cuda'].uint64_offsets)
+    wide = modules['selective_scan_cuda'].uint64_offsets
+    fresh_dispatch.setattr(cuda_kernels, '_mamba_has_64bit_offsets', lambda: wide)
     fresh_dispatch.setenv(dispatch.ENV_OPS, 'kernel')
     scan, conv_module = modules['selective_scan_cuda'], modules['causal_conv1d_cuda']
     scan.calls.clear()

@@ -5,11 +5,10 @@ import threading
 
 import pytest
 import torch
+from test_ops_scan import NAMES, OPTIONAL_CASES, assert_grads_match, case_inputs, make_inputs, reference_scan, rel_err
 
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.ops import force_torch_ops, selective_scan
-from test_ops_scan import (NAMES, OPTIONAL_CASES, assert_grads_match, case_inputs, make_inputs, reference_scan,
-                           rel_err)
 
 numba = pytest.importorskip('numba', reason='the numba CPU scan is optional (pip install numba)')
 scan_cpu = pytest.importorskip('dvmsr_mma.ops.scan_cpu')

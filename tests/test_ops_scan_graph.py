@@ -11,7 +11,8 @@ from dvmsr_mma.ops.selective_scan import selective_scan_torch
 def inputs(length, b=2, d=6, n=4, layout='time-varying', seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     bc_shape = {'time-varying': (b, n, length), 'grouped': (b, 2, n, length), 'time-invariant': (d, n)}[layout]
-    return dict(u=torch.randn(b, d, length, generator=g).to(dtype), delta=torch.randn(b, d, length, generator=g).to(dtype),
+    return dict(u=torch.randn(b, d, length, generator=g).to(dtype),
+                delta=torch.randn(b, d, length, generator=g).to(dtype),
                 A=-torch.rand(d, n, generator=g) * 4, B=torch.randn(*bc_shape, generator=g).to(dtype),
                 C=torch.randn(*bc_shape, generator=g).to(dtype), D=torch.randn(d, generator=g),
                 z=torch.randn(b, d, length, generator=g).to(dtype), delta_bias=torch.randn(d, generator=g))

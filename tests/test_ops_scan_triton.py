@@ -8,12 +8,11 @@ sequences cross several blocks and chunks.
 
 import pytest
 import torch
+from test_ops_scan import NAMES, OPTIONAL_CASES, assert_grads_match, case_inputs, make_inputs, reference_scan, rel_err
 
 import dvmsr_mma.ops.dispatch as dispatch
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.ops import cuda_kernels, force_torch_ops, selective_scan
-from test_ops_scan import (NAMES, OPTIONAL_CASES, assert_grads_match, case_inputs, make_inputs, reference_scan,
-                           rel_err)
 
 pytest.importorskip('triton', reason='triton is not installed (it comes with PyTorch\'s Linux CUDA wheels)')
 scan_triton = pytest.importorskip('dvmsr_mma.ops.scan_triton')
@@ -280,6 +279,7 @@ def test_kernels_compile_for_cuda_without_spills_and_with_64_bit_offsets(tmp_pat
     import re
     import subprocess
     import sys
+
     import triton
     if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'ptxas')):
         pytest.skip("this triton has no bundled ptxas")

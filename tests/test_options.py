@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from basicsr.archs import build_network
 from basicsr.data import build_dataset
 from basicsr.losses import build_loss

@@ -3,10 +3,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from basicsr.data import build_dataset
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from basicsr.utils.matlab_functions import imresize
+
 from dvmsr_mma.errors import OptionError
 
 

@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 import yaml
-
 from basicsr.utils import get_root_logger
 
 SCALE = 2

@@ -9,14 +9,14 @@ import sys
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
-
 from basicsr.archs import build_network
 from basicsr.models import build_model
-from dvmsr_mma import checkpoint_io
-from dvmsr_mma.cli import main
+from safetensors.torch import load_file, save_file
 from test_amp import model_opt
 from train_runs import SCALE, load_net, run_dir, run_train, tiny_dvmsr, write_options
+
+from dvmsr_mma import checkpoint_io
+from dvmsr_mma.cli import main
 
 
 def test_checkpoint_layout_round_trips(tmp_path):

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from train_runs import DRIVER, assert_same_weights, finish, load_net, run_dir, run_train, start_train, write_options
 
 TOTAL_ITER = 8  # 3 iterations per epoch, saves at 4 and 8: the signal at 5 falls mid-epoch, between saves

@@ -10,8 +10,8 @@ The forward follows the fused ``use_fast_path`` route of those files (``mamba_in
 the causal conv come from :mod:`dvmsr_mma.ops`, which picks the CUDA kernels or the exact PyTorch path.
 """
 import math
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dvmsr_mma.ops import causal_conv1d, selective_scan

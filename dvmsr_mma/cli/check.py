@@ -22,10 +22,9 @@ def main(argv: List[str]) -> int:
     parser.add_argument('--force_yml', nargs='+', metavar='KEY:KEY=VALUE', help='override options, as basicsr train')
     args = parser.parse_args(argv)
     check_option_file(args.opt)
-    import yaml
-
     import basicsr.test
     import basicsr.train
+    import yaml
 
     from dvmsr_mma import option_schema
 

@@ -32,10 +32,19 @@ def main(argv: List[str]) -> int:
 
     import cv2
     import torch
+
     from dvmsr_mma.errors import OptionError
     from dvmsr_mma.infer import prepare_output_dir
-    from dvmsr_mma.lam import (attribution_of_image, check_alpha, load_network, parse_window, read_hr, render_map,
-                               settings, sr_image)
+    from dvmsr_mma.lam import (
+        attribution_of_image,
+        check_alpha,
+        load_network,
+        parse_window,
+        read_hr,
+        render_map,
+        settings,
+        sr_image,
+    )
     source = network_source(args, weights_needed=False)  # dvmsr_mma.lam.load_network names what is missing
     window = parse_window(args.window)
     check_alpha(args.alpha)
@@ -56,7 +65,8 @@ def main(argv: List[str]) -> int:
         if not ok:
             raise OptionError(f'could not encode {paths[kind]}')
         buf.tofile(paths[kind])
-    record = {'image': args.input, 'network': args.arch or args.opt or type(net).__name__, 'weights': args.weights, 'scale': scale,
+    record = {'image': args.input, 'network': args.arch or args.opt or type(net).__name__, 'weights': args.weights,
+              'scale': scale,
               'di': round(result.di, 4), **settings(window, args.window_size, args.fold, args.sigma,
                                                     args.kernel_size, args.lr),
               'hr_size': [lr.shape[0] * scale, lr.shape[1] * scale], 'lr_size': list(lr.shape[:2]), 'device': device}

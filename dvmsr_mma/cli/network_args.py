@@ -39,6 +39,7 @@ def network_source(args: argparse.Namespace, weights_needed: bool = True) -> Opt
 def require_weights(opt: Optional[str], arch: Optional[str], weights: Optional[str]) -> None:
     """One line, before anything is built, when the network would run with random weights."""
     import yaml
+
     from dvmsr_mma.errors import OptionError
     if arch and not weights:
         raise OptionError('--arch needs --weights FILE')

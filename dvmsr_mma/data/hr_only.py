@@ -3,11 +3,11 @@ import os.path as osp
 from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
+from basicsr.data.data_util import paths_from_lmdb
+from basicsr.utils import FileClient, imfrombytes, img2tensor
 from torch.utils import data
 from torchvision.transforms.functional import normalize
 
-from basicsr.data.data_util import paths_from_lmdb
-from basicsr.utils import FileClient, imfrombytes, img2tensor
 from datasets_prep.common import image_files
 from dvmsr_mma.errors import OptionError
 

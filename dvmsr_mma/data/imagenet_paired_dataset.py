@@ -31,11 +31,11 @@ images too), here without it nothing is enlarged.
 
 import cv2
 import numpy as np
-
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils.color_util import rgb2ycbcr
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
+
 from dvmsr_mma.data.hr_only import HROnlyDataset
 from dvmsr_mma.errors import OptionError
 

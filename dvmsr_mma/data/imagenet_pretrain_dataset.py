@@ -25,10 +25,10 @@ line, first field), ``scale``, ``phase``, ``gt_size``, ``use_hflip``, ``use_rot`
 
 import cv2
 import numpy as np
-
 from basicsr.data.transforms import augment
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
+
 from dvmsr_mma.data.hr_only import HROnlyDataset
 
 

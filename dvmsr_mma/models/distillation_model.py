@@ -49,15 +49,15 @@ import os.path as osp
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from torch import nn
-from torch.nn.parallel import DataParallel
-
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
+from torch import nn
+from torch.nn.parallel import DataParallel
+
 from dvmsr_mma.checkpoint_io import atomic_torch_save
 from dvmsr_mma.distillation_options import NO_TEACHER
 from dvmsr_mma.errors import OptionError

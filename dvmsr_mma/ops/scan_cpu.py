@@ -20,8 +20,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .numba_runtime import (EMPTY1, EMPTY3, FLAGS, MATH_FLAGS, arr, exp32, f32, lane_tasks, log1p_small, run_tasks,
-                            stack_f32)
+from .numba_runtime import (
+    EMPTY1,
+    EMPTY3,
+    FLAGS,
+    MATH_FLAGS,
+    arr,
+    exp32,
+    f32,
+    lane_tasks,
+    log1p_small,
+    run_tasks,
+    stack_f32,
+)
 from .scan_inputs import checked_b_c
 
 __all__ = ['selective_scan_cpu']
