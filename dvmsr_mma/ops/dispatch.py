@@ -111,11 +111,12 @@ def _kernel_devices() -> Tuple[str, ...]:
     return tuple(cuda_kernels.KERNEL_DEVICES)
 
 
-def _runs(tensors: Tensors, forced: bool) -> Optional[str]:
+def _always(tensors: Tensors, forced: bool) -> Optional[str]:
+    """The PyTorch and graph paths take every call."""
     return None
 
 
-TORCH = Path('torch', 'PyTorch', _runs)
+TORCH = Path('torch', 'PyTorch', _always)
 TABLE: Dict[str, Tuple[Path, ...]] = {
     'selective_scan': (
         Path('kernel', 'CUDA kernel (mamba_ssm)', _kernel_why_not('selective_scan', cuda_kernels.scan_problem),
@@ -123,7 +124,7 @@ TABLE: Dict[str, Tuple[Path, ...]] = {
         Path('triton', 'Triton', _triton_why_not, lambda: ('cuda', )),
         Path('numba', 'numba CPU', _numba_why_not, lambda: ('cpu', )),
         TORCH,
-        Path('graph', 'ONNX-graph', _runs, auto=False),
+        Path('graph', 'ONNX-graph', _always, auto=False),
     ),
     'causal_conv1d': (
         Path('kernel', 'CUDA kernel (causal_conv1d)', _kernel_why_not('causal_conv1d', cuda_kernels.conv_problem),
