@@ -384,8 +384,12 @@ def test_triton_without_the_reverse_scan_is_refused(monkeypatch):
         raise AssertionError
 
     monkeypatch.setattr(scan_triton.tl, 'associative_scan', associative_scan)
+    scan_triton.version_problem.cache_clear()  # checked once per process; again here
     assert scan_triton.version_problem().endswith('has no tl.associative_scan(reverse=...); the Triton scan needs '
                                                   'triton >= 3.0 (torch >= 2.4)')
+    monkeypatch.undo()
+    scan_triton.version_problem.cache_clear()
+    assert scan_triton.version_problem() is None or 'associative_scan' in scan_triton.version_problem()
 
 
 def test_log_is_once_per_op_path_and_reason(kernels_on_meta, caplog):

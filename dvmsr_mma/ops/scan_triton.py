@@ -19,6 +19,7 @@ CUDA tensors run the compiled kernels. Under ``TRITON_INTERPRET=1`` (read by Tri
 ``import torch`` already does) every Triton kernel of the process runs in Triton's interpreter instead, on CPU
 tensors too: how the tests check these kernels without a GPU (see :mod:`.dispatch`).
 """
+import functools
 import inspect
 from typing import Optional
 
@@ -252,6 +253,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g
 INTERPRETED = not isinstance(_fwd_kernel, JITFunction)  # TRITON_INTERPRET=1 when triton was imported
 
 
+@functools.lru_cache(maxsize=None)
 def version_problem() -> Optional[str]:
     """Why the installed Triton cannot compile these kernels, or None: the backward's reverse scan needs
     ``tl.associative_scan(..., reverse=True)``, which Triton 3.0 introduced (triton-lang/triton#3177)."""
