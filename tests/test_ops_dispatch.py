@@ -388,8 +388,7 @@ def test_triton_without_the_reverse_scan_is_refused(monkeypatch):
     assert scan_triton.version_problem().endswith('has no tl.associative_scan(reverse=...); the Triton scan needs '
                                                   'triton >= 3.0 (torch >= 2.4)')
     monkeypatch.undo()
-    scan_triton.version_problem.cache_clear()
-    assert scan_triton.version_problem() is None or 'associative_scan' in scan_triton.version_problem()
+    scan_triton.version_problem.cache_clear()  # the real answer for the tests after this one
 
 
 def test_log_is_once_per_op_path_and_reason(kernels_on_meta, caplog):
