@@ -11,6 +11,7 @@ import random
 import sys
 
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -158,7 +159,10 @@ def assert_one_line(err):
 
 
 def workers_bounded(opt):
+    # a run never starts more GPUs' worth than are visible: compat refuses num_gpu above the CUDA device count (one
+    # line, tests/test_compat.py) before a DataLoader exists, so the schema accepts a server's num_gpu: 8 on a laptop
     gpus = opt.get('num_gpu') if isinstance(opt.get('num_gpu'), int) else 1
+    gpus = min(gpus, max(1, torch.cuda.device_count()))
     for dataset in (opt.get('datasets') or {}).values():
         workers = (dataset or {}).get('num_worker_per_gpu')
         if isinstance(workers, int):
