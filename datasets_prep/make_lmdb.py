@@ -61,9 +61,9 @@ def make_lmdb(folder: str,
     ``multiprocessing_read`` reads all images into memory first with ``n_thread`` processes (BasicSR's
     option: faster on many cores, needs RAM for the whole folder).
     """
-    from basicsr.utils import lmdb_util
-
     import dvmsr_mma  # noqa: F401  (patches basicsr 1.4.2 before it is imported)
+    # isort: split
+    from basicsr.utils import lmdb_util
 
     lmdb_path = osp.abspath(lmdb_path.rstrip('/\\'))
     if not lmdb_path.endswith('.lmdb'):

@@ -27,10 +27,10 @@ from datasets_prep.common import PrepError, Summary, Timer, list_images, name_li
 
 def bicubic_downscale(img: np.ndarray, scale: int) -> np.ndarray:
     """Mod-crop then MATLAB-bicubic downscale one HxW[xC] uint8/uint16 image by ``scale``."""
+    import dvmsr_mma  # noqa: F401  (patches basicsr 1.4.2 before it is imported)
+    # isort: split
     from basicsr.data.transforms import mod_crop
     from basicsr.utils.matlab_functions import imresize
-
-    import dvmsr_mma  # noqa: F401  (patches basicsr 1.4.2 before it is imported)
 
     if img.dtype not in (np.uint8, np.uint16):
         raise PrepError(f'unsupported image dtype {img.dtype} (uint8 or uint16 expected)')

@@ -139,9 +139,10 @@ def build_network(opt: Union[str, Mapping, None] = None, arch: Optional[str] = N
         raise OptionError(f'{"-opt" if opt is not None else f"--arch {arch}"} needs basicsr (its registry of '
                           'networks), which is not installed; pass only --weights FILE for a DVMSR or MMA '
                           'checkpoint, or pip install --no-build-isolation basicsr==1.4.2') from err
+    import dvmsr_mma  # noqa: F401  (fills the registries)
+    # isort: split
     from basicsr.utils.registry import ARCH_REGISTRY
 
-    import dvmsr_mma  # noqa: F401  (fills the registries)
     from dvmsr_mma.checks import network_arguments_problem
     if (opt is None) == (arch is None):
         raise OptionError('give exactly one of -opt FILE or --arch TYPE')

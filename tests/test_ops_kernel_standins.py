@@ -44,7 +44,10 @@ def upstream(request, fresh_dispatch):
         if os.environ.get('DVMSR_MMA_REQUIRE_UPSTREAM'):
             pytest.fail(message)
         pytest.skip(message)
-    modules = load_upstream(mamba, conv)
+    try:
+        modules = load_upstream(mamba, conv)
+    except Exception as err:  # e.g. causal-conv1d >= 1.5.2 writes `torch.Tensor | None`, which needs Python 3.10
+        pytest.skip(f'mamba-ssm {mamba} / causal-conv1d {conv} do not import here: {type(err).__name__}: {err}')
     for name, module in modules.items():
         fresh_dispatch.setitem(sys.modules, name, module)
     fresh_dispatch.setattr(cuda_kernels, 'KERNEL_DEVICES', ['cpu'])
