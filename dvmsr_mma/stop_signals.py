@@ -129,20 +129,9 @@ def _with_handlers(train_pipeline: Callable) -> Callable:
     @functools.wraps(train_pipeline)
     def wrapper(*args, **kwargs):
         with handling():
-            result = train_pipeline(*args, **kwargs)
-        _close_process_group()
-        return result
+            return train_pipeline(*args, **kwargs)
 
     return wrapper
-
-
-def _close_process_group() -> None:
-    """After a finished run, the ranks meet once more and close their process group. Left to the interpreter's
-    exit, a rank whose peer had already gone could abort in gloo's teardown ("terminate called without an active
-    exception", exit -6) after its checkpoints were written."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def install() -> None:
