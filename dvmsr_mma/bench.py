@@ -45,7 +45,8 @@ def parse_size(size: str) -> Tuple[int, int]:
 
 @contextlib.contextmanager
 def _counting_stubs(counts: Dict[str, int]):
-    """Swap ``selective_scan`` / ``causal_conv1d`` in every loaded ``dvmsr_mma.archs`` module for counters."""
+    """Swap ``selective_scan`` / ``causal_conv1d`` (and their token-major forms, which the mixer calls where the scan
+    runs numba) in every loaded ``dvmsr_mma.archs`` module for counters."""
 
     def scan_stub(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *a, **k):
         b, d, l = u.shape
@@ -58,11 +59,21 @@ def _counting_stubs(counts: Dict[str, int]):
         counts['conv1d'] += b * d * l * weight.shape[-1]
         return x.clone()
 
+    def scan_tokens_stub(u, delta, A, B, C, D=None, z=None, *a, **k):
+        scan_stub(u.transpose(1, 2), delta, A, B, C, D, z)
+        return torch.zeros_like(u)
+
+    def conv_tokens_stub(x, weight, *a, **k):
+        conv_stub(x.transpose(1, 2), weight)
+        return x.clone()
+
+    stubs = (('selective_scan', scan_stub), ('causal_conv1d', conv_stub), ('selective_scan_tokens', scan_tokens_stub),
+             ('causal_conv1d_tokens', conv_tokens_stub))
     saved = []
     for name, mod in list(sys.modules.items()):
         if not name.startswith('dvmsr_mma.archs') or mod is None:
             continue
-        for attr, stub in (('selective_scan', scan_stub), ('causal_conv1d', conv_stub)):
+        for attr, stub in stubs:
             if callable(getattr(mod, attr, None)):
                 saved.append((mod, attr, getattr(mod, attr)))
                 setattr(mod, attr, stub)

@@ -1,10 +1,12 @@
-"""causal_conv1d: PyTorch path vs an F.conv1d reference (left padding w - 1), values and grads; fp16/bf16 against
-causal-conv1d's own reference and tolerances; unsupported streaming options refused."""
+"""causal_conv1d: the CPU paths (numba, PyTorch) vs an F.conv1d reference (left padding w - 1), values and grads;
+fp16/bf16 against causal-conv1d's own reference and tolerances; unsupported streaming options refused."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dvmsr_mma.ops import causal_conv1d, cuda_kernels, force_torch_ops
+from dvmsr_mma.ops import causal_conv1d, cuda_kernels, force_torch_ops, ops_path
+
+CPU_PATHS = pytest.mark.parametrize('path', ['numba', 'torch'])
 
 
 def reference_conv(x, weight, bias, activation):
@@ -18,12 +20,15 @@ def reference_conv(x, weight, bias, activation):
 @pytest.mark.parametrize('w', [2, 3, 4])
 @pytest.mark.parametrize('with_bias', [False, True])
 @pytest.mark.parametrize('activation', [None, 'silu', 'swish'])
-def test_values_and_grads_match_reference(l, w, with_bias, activation):
+@CPU_PATHS
+def test_values_and_grads_match_reference(l, w, with_bias, activation, path):
+    pytest.importorskip('numba') if path == 'numba' else None
     g = torch.Generator().manual_seed(l * 10 + w)
     x = torch.randn(2, 6, l, generator=g, requires_grad=True)
     weight = torch.randn(6, w, generator=g, requires_grad=True)
     bias = torch.randn(6, generator=g, requires_grad=True) if with_bias else None
-    out = causal_conv1d(x, weight, bias, activation=activation)
+    with ops_path(path):
+        out = causal_conv1d(x, weight, bias, activation=activation)
     ref = reference_conv(x, weight, bias, activation)
     assert out.shape == x.shape
     assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-5)
@@ -53,14 +58,17 @@ def upstream_reference(x, weight, bias, activation):
 @pytest.mark.parametrize('itype', [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize('l', [8, 129, 784])
 @pytest.mark.parametrize('w', [2, 4])
-def test_half_inputs_accumulate_in_fp32(itype, l, w):
+@CPU_PATHS
+def test_half_inputs_accumulate_in_fp32(itype, l, w, path):
     """Upstream's test: fp32 weights and bias, x in fp16/bf16; its tolerances (x and out in itype, weights 1e-3)."""
+    pytest.importorskip('numba') if path == 'numba' else None
     rtol, atol = (3e-3, 5e-3) if itype == torch.float16 else (1e-2, 5e-2)
     g = torch.Generator().manual_seed(l + w)
     x = torch.randn(2, 64, l, generator=g).to(itype).requires_grad_()
     weight = torch.randn(64, w, generator=g, requires_grad=True)
     bias = torch.randn(64, generator=g, requires_grad=True)
-    out = causal_conv1d(x, weight, bias, activation='silu')
+    with ops_path(path):
+        out = causal_conv1d(x, weight, bias, activation='silu')
     ref = upstream_reference(x, weight, bias, 'silu')
     assert out.dtype == itype
     assert torch.allclose(out, ref, rtol=rtol, atol=atol)

@@ -88,7 +88,8 @@ def test_channel_last_conv_past_the_grid_limit_goes_to_the_next_path(kernels_on_
 
 
 def test_the_mixer_gives_the_conv_its_b_d_l_layout():
-    """Every width: the conv input has stride(-1) == 1, as upstream's Mamba builds xz (so never channel-last)."""
+    """Every width: the conv input has stride(-1) == 1, as upstream's Mamba builds xz (so never channel-last).
+    The (b, d, l) route is the one for every path but numba, so the PyTorch path is forced to take it here."""
     seen = []
     real = sys.modules['dvmsr_mma.archs.mamba_block'].causal_conv1d
 
@@ -99,9 +100,10 @@ def test_the_mixer_gives_the_conv_its_b_d_l_layout():
     mp = pytest.MonkeyPatch()
     mp.setattr(sys.modules['dvmsr_mma.archs.mamba_block'], 'causal_conv1d', record)
     try:
-        for dim in (6, 10, 30, 60):
-            DVMSR(embed_dim=dim, depths=[1], upscale=2)(torch.rand(2, 3, 5, 4))
-        MMA_T(upscale=2, num_block=1, num_feat=30)(torch.rand(1, 3, 4, 3))
+        with force_torch_ops():
+            for dim in (6, 10, 30, 60):
+                DVMSR(embed_dim=dim, depths=[1], upscale=2)(torch.rand(2, 3, 5, 4))
+            MMA_T(upscale=2, num_block=1, num_feat=30)(torch.rand(1, 3, 4, 3))
     finally:
         mp.undo()
     assert seen and all(s[-1] == 1 for s in seen), seen
@@ -257,16 +259,20 @@ def test_cpu_tensors_take_numba_unless_torch_is_asked(fresh_dispatch, caplog):
     inputs = scan_tensors(1, 2, 2, 5, device='cpu')
     with caplog.at_level(logging.INFO, logger=dispatch.__name__):
         assert dispatch.select('selective_scan', inputs) == 'numba'
-        assert dispatch.select('causal_conv1d', conv_tensors(1, 2, 5, device='cpu')) == 'torch'
-    assert _info(caplog) == ['selective_scan: using the numba CPU path.', 'causal_conv1d: using the PyTorch path.']
+        assert dispatch.select('causal_conv1d', conv_tensors(1, 2, 5, device='cpu')) == 'numba'
+    assert _info(caplog) == ['selective_scan: using the numba CPU path.', 'causal_conv1d: using the numba CPU path.']
+    assert dispatch.token_major(inputs['u'])  # so the mixer keeps (b, l, d)
     fresh_dispatch.setenv(dispatch.ENV_OPS, 'torch')
     assert dispatch.select('selective_scan', inputs) == 'torch'
+    assert dispatch.select('causal_conv1d', conv_tensors(1, 2, 5, device='cpu')) == 'torch'
+    assert not dispatch.token_major(inputs['u'])
     fresh_dispatch.setenv(dispatch.ENV_OPS, 'numba')
     assert dispatch.select('selective_scan', inputs) == 'numba'
-    assert dispatch.select('causal_conv1d', conv_tensors(1, 2, 5, device='cpu')) == 'torch'  # no numba conv
+    assert dispatch.select('causal_conv1d', conv_tensors(1, 2, 5, device='cpu')) == 'numba'
     fresh_dispatch.setenv(dispatch.ENV_OPS, 'auto')
     with force_torch_ops():
         assert dispatch.select('selective_scan', inputs) == 'torch'
+        assert not dispatch.token_major(inputs['u'])
     fresh_dispatch.setenv(dispatch.ENV_FORCE_TORCH, '1')
     assert dispatch.select('selective_scan', inputs) == 'torch'
 
@@ -424,5 +430,6 @@ def test_ops_imports_point_one_way():
 
     circles = [m for m in graph if reaches(m, m)]
     assert circles == [], {m: graph[m] for m in circles}
-    for implementation in ('scan_cpu', 'scan_triton', 'scan_graph', 'scan_inputs', 'cuda_kernels'):
-        assert 'dispatch' not in graph[implementation] and 'selective_scan' not in graph[implementation]
+    for implementation in ('scan_cpu', 'conv_cpu', 'numba_runtime', 'scan_triton', 'scan_graph', 'scan_inputs',
+                           'cuda_kernels'):
+        assert not {'dispatch', 'selective_scan', 'causal_conv1d'} & graph[implementation], implementation

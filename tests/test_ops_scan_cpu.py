@@ -1,11 +1,12 @@
-"""The numba CPU scan (dvmsr_mma.ops.scan_cpu) against the float64 step reference of test_ops_scan.py, its exp,
-its threads, and the dispatch between it and the PyTorch path (which needs no numba)."""
+"""The numba CPU scan (dvmsr_mma.ops.scan_cpu) against the float64 step reference of test_ops_scan.py, through the
+(b, d, l) API and token-major in place (both directions), its exp, its threads, and the dispatch between it and the
+PyTorch path (which needs no numba)."""
 import sys
 import threading
 
 import pytest
 import torch
-from test_ops_scan import NAMES, OPTIONAL_CASES, assert_grads_match, case_inputs, make_inputs, reference_scan, rel_err
+from test_ops_scan import OPTIONAL_CASES, assert_grads_match, case_inputs, make_inputs, reference_scan, rel_err
 
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.ops import force_torch_ops, selective_scan
@@ -34,9 +35,9 @@ def test_values_and_grads_match_reference(l, groups, with_d, with_z, with_bias, 
     check_against_reference(case_inputs(l, groups, with_d, with_z, with_bias, softplus, seed=l), softplus)
 
 
-def test_many_lanes_tasks_and_checkpoints():
-    """More lanes than tasks and several tasks per batch: every lane and the B/C gradient partials are summed."""
-    check_against_reference(make_inputs(3, 10, 5, 333, 5, True, True, True, seed=3), True)
+def test_many_parts_and_checkpoints():
+    """Several parts per batch and many checkpoint chunks: every part and the B/C gradient partials are summed."""
+    check_against_reference(make_inputs(3, 70, 5, 333, 0, True, True, True, seed=3), True)
 
 
 def test_time_invariant_b_c():
@@ -105,28 +106,133 @@ def test_threads_bounded_by_torch_num_threads():
         names.clear()
         torch.set_num_threads(2)
         numba_runtime.run_tasks([(i, ) for i in range(8)], record)
-        assert len(names) == 8 and len(set(names)) <= 2 and all(n.startswith('dvmsr_mma_scan') for n in names)
+        assert len(names) == 8 and len(set(names)) <= 2  # the caller and one pool thread
+        assert set(names) <= {threading.current_thread().name} | {n for n in names if n.startswith('dvmsr_mma_scan')}
     finally:
         torch.set_num_threads(previous)
+
+
+def token_inputs(b, l, d, n, dt_rank, seed, grad=True):
+    """The mixer's tensors as it makes them: x and z halves of xz (b, l, 2d), B and C slices of x_dbl
+    (b, l, dt_rank + 2n), delta (b, l, d); as leaves, and as the views the scan takes."""
+    g = torch.Generator().manual_seed(seed)
+    leaves = dict(xz=torch.randn(b, l, 2 * d, generator=g), x_dbl=torch.randn(b, l, dt_rank + 2 * n, generator=g),
+                  delta=torch.rand(b, l, d, generator=g) * 0.6 - 0.1, A=-(torch.rand(d, n, generator=g) + 0.1),
+                  D=torch.randn(d, generator=g), bias=torch.randn(d, generator=g) * 0.3)
+    for x in leaves.values():
+        x.requires_grad_(grad)
+    return leaves
+
+
+def token_views(t, d, n, dt_rank):
+    x_dbl = t['x_dbl']
+    return (t['xz'][..., :d], t['delta'], t['A'], x_dbl[..., dt_rank:dt_rank + n], x_dbl[..., dt_rank + n:], t['D'],
+            t['xz'][..., d:], t['bias'])
+
+
+def reference_tokens(u, delta, A, B, C, D, z, bias, reverse):
+    """The float64 step reference on (b, d, l) views of token-major inputs, flipped for a reverse scan."""
+    def channels_first(x):
+        return (x.flip(1) if reverse else x).transpose(1, 2)
+
+    y = reference_scan(channels_first(u), channels_first(delta), A, channels_first(B), channels_first(C), D,
+                       channels_first(z), bias, True).transpose(1, 2)
+    return y.flip(1) if reverse else y
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+@pytest.mark.parametrize('b, l, d, n, dt_rank', [(2, 77, 24, 16, 3), (1, 33, 120, 16, 4), (3, 1, 20, 5, 2),
+                                                 (1, 70, 96, 17, 3)])
+def test_token_major_views_in_place_match_reference(b, l, d, n, dt_rank, reverse):
+    """Halves of xz and slices of x_dbl, read in place (strides as the matmuls leave them), both directions:
+    values and every gradient against the float64 step reference; output (b, l, d), contiguous."""
+    t = token_inputs(b, l, d, n, dt_rank, seed=l)
+    views = token_views(t, d, n, dt_rank)
+    out = scan_cpu.selective_scan_tokens_cpu(*views, delta_softplus=True, reverse=reverse)
+    ref = reference_tokens(*views, reverse)
+    assert out.shape == (b, l, d) and out.is_contiguous()
+    assert rel_err(out, ref) < 1e-5
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad((out * w).sum(), list(t.values()))
+    ref_grads = torch.autograd.grad((ref * w).sum(), list(t.values()))
+    for name, g, rg in zip(t, grads, ref_grads):
+        assert rel_err(g, rg) < 1e-4, name
+
+
+def test_token_major_reads_without_copies(monkeypatch):
+    """The fp32 views the mixer passes reach the kernel as they are: no copy of a (b, l, ...) tensor in the forward
+    (only A (d, n) is transposed, and that is small)."""
+    t = token_inputs(2, 40, 24, 16, 3, seed=2, grad=False)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        scan_cpu.selective_scan_tokens_cpu(*token_views(t, 24, 16, 3), delta_softplus=True)
+    copies = [e.input_shapes for e in prof.key_averages(group_by_input_shape=True) if e.key == 'aten::copy_']
+    assert copies and not [shapes for shapes in copies if len(shapes[0]) >= 3], copies
+
+
+def test_grouped_and_other_dtypes():
+    """B and C with groups (b, l, g, n), and bf16 inputs (converted in, y returned in bf16)."""
+    g = torch.Generator().manual_seed(3)
+    b, l, d, n, groups = 2, 50, 12, 4, 3
+    u, delta, z = (torch.randn(b, l, d, generator=g) * s for s in (1, 0.3, 1))
+    A, D, bias = -(torch.rand(d, n, generator=g) + 0.1), torch.randn(d, generator=g), torch.randn(d, generator=g)
+    B, C = torch.randn(b, l, groups, n, generator=g), torch.randn(b, l, groups, n, generator=g)
+    out = scan_cpu.selective_scan_tokens_cpu(u, delta, A, B, C, D, z, bias, True)
+    ref = reference_scan(u.transpose(1, 2), delta.transpose(1, 2), A, B.permute(0, 2, 3, 1), C.permute(0, 2, 3, 1), D,
+                         z.transpose(1, 2), bias, True).transpose(1, 2)
+    assert rel_err(out, ref) < 1e-5
+    half = scan_cpu.selective_scan_tokens_cpu(u.bfloat16(), delta.bfloat16(), A, B.bfloat16(), C.bfloat16(), D,
+                                              z.bfloat16(), bias, True)
+    assert half.dtype == torch.bfloat16 and rel_err(half.float(), ref) < 3e-2
 
 
 def test_results_do_not_depend_on_thread_count():
-    inputs = make_inputs(1, 8, 4, 150, 0, True, True, True, seed=8)
-    for x in inputs:
-        x.requires_grad_(True)
+    """Tasks are cut by shape, never by threads: values and every gradient bit for bit at 1, 2 and 3 threads."""
+    t = token_inputs(2, 150, 100, 16, 4, seed=8)
     previous = torch.get_num_threads()
     results = []
     try:
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            out = scan_cpu.selective_scan_cpu(*inputs, delta_softplus=True)
-            results.append((out, torch.autograd.grad(out.sum(), inputs)))
+            out = scan_cpu.selective_scan_tokens_cpu(*token_views(t, 100, 16, 4), delta_softplus=True, reverse=True)
+            results.append((out, torch.autograd.grad(out.square().sum(), list(t.values()))))
     finally:
         torch.set_num_threads(previous)
-    (out1, grads1), (out2, grads2) = results
-    assert torch.equal(out1, out2)  # lanes are independent: bit for bit
-    for name, g1, g2 in zip(NAMES, grads1, grads2):  # B/C partials are summed in another grouping
-        assert torch.allclose(g1, g2, rtol=1e-5, atol=1e-6), name
+    for out, grads in results[1:]:
+        assert torch.equal(out, results[0][0])
+        for name, g, g0 in zip(t, grads, results[0][1]):
+            assert torch.equal(g, g0), name
+
+
+def test_memory_stays_below_one_state_per_step(monkeypatch):
+    """The backward keeps one state per CHECKPOINT_STEPS steps: no allocation is larger than an activation
+    (b * l * d), let alone the b * l * d * n of every state."""
+    b, l, d, n = 1, 512, 32, 16
+    t = token_inputs(b, l, d, n, 2, seed=4)
+    sizes = []
+    real = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, 'new_empty', lambda self, *s, **k: sizes.append(torch.Size(
+        s[0] if len(s) == 1 and isinstance(s[0], (tuple, list)) else s).numel()) or real(self, *s, **k))
+    out = scan_cpu.selective_scan_tokens_cpu(*token_views(t, d, n, 2), delta_softplus=True)
+    out.sum().backward()
+    assert sizes and max(sizes) <= b * l * d
+    assert b * l * d * n // scan_cpu.CHECKPOINT_STEPS in sizes  # the checkpoints
+
+
+def test_parts_are_cache_line_aligned_and_bounded():
+    for d in (1, 5, 20, 64, 65, 96, 120, 360, 384, 1000):
+        for width in (scan_cpu.FORWARD_WIDTH, scan_cpu.BACKWARD_WIDTH):
+            cut = numba_runtime.parts(d, width)
+            assert [s for s, _ in cut] == sorted({s for s, _ in cut}) and sum(w for _, w in cut) == d
+            assert all(0 < w <= width and s % numba_runtime.ALIGN == 0 for s, w in cut)
+            assert len(cut) == -(-d // width)
+
+
+def test_kernels_follow_the_runtime_source():
+    """numba caches a kernel by its own file; the kernels close over numba_runtime's source key, which numba's
+    cache index hashes, so a change to the shared helpers recompiles them instead of loading stale code."""
+    for kernel in scan_cpu._kernels(16):
+        cells = [c.cell_contents for c in kernel.py_func.__closure__]
+        assert numba_runtime.SOURCE_KEY in cells
 
 
 def test_dvmsr_forward_same_on_both_paths():
@@ -140,16 +246,19 @@ def test_dvmsr_forward_same_on_both_paths():
     assert torch.allclose(fast, slow, atol=1e-5)
 
 
-def test_backward_partial_buffers_are_bounded(monkeypatch):
-    """The B/C gradient buffers (one per task part) shrink to the bound; results stay exact."""
-    monkeypatch.setattr(scan_cpu, 'BACKWARD_PARTIAL_ELEMENTS', 1)  # one part: a single buffer
-    sizes = []
-    real_zeros = torch.Tensor.new_zeros
+def test_a_failing_task_stops_the_call_after_every_thread_is_done():
+    done = []
 
-    def recording_new_zeros(self, *size, **kwargs):
-        sizes.append(tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size)
-        return real_zeros(self, *size, **kwargs)
+    def task(i):
+        if i == 3:
+            raise ValueError('task 3')
+        done.append(i)
 
-    monkeypatch.setattr(torch.Tensor, 'new_zeros', recording_new_zeros)
-    check_against_reference(make_inputs(2, 8, 3, 70, 0, True, True, True, seed=9), True)
-    assert sizes and all(size[1] == 1 for size in sizes)  # (b, parts, g, l, N) with parts = 1
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(ValueError, match='task 3'):
+            numba_runtime.run_tasks([(i, ) for i in range(40)], task)
+    finally:
+        torch.set_num_threads(previous)
+    assert 3 not in done and len(done) >= 1

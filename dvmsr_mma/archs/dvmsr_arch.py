@@ -77,8 +77,19 @@ class RSSB(nn.Module):
     def forward(self, x, x_size):
         """x: (b, h*w, c) tokens, row-major; x_size: (h, w)."""
         y = self.residual_group(x)
-        y = y.transpose(1, 2).reshape(x.shape[0], self.dim, *x_size)  # (b, l, c) -> (b, c, h, w)
-        return self.conv(y).flatten(2).transpose(1, 2) + x  # (b, c, h, w) -> (b, l, c)
+        y = tokens_to_map(y, x_size)
+        return map_to_tokens(self.conv(y)) + x
+
+
+def tokens_to_map(x, x_size):
+    """Row-major tokens (b, h*w, c) -> a (b, c, h, w) view in channels_last memory: no copy, and the conv that reads
+    it runs channels_last and gives a map :func:`map_to_tokens` turns back into tokens without a copy either."""
+    return x.unflatten(1, x_size).permute(0, 3, 1, 2)
+
+
+def map_to_tokens(x):
+    """(b, c, h, w) -> (b, h*w, c); a view when x is channels_last."""
+    return x.flatten(2).transpose(1, 2)
 
 
 class PatchEmbed(nn.Module):
@@ -89,7 +100,7 @@ class PatchEmbed(nn.Module):
         self.norm = norm_layer(embed_dim) if norm_layer is not None else None
 
     def forward(self, x):
-        x = x.flatten(2).transpose(1, 2)
+        x = map_to_tokens(x)
         return self.norm(x) if self.norm is not None else x
 
 
@@ -238,7 +249,7 @@ class DVMSR(nn.Module):
         for layer in self.layers:
             x = layer(x, (h, w))
         x = self.norm_f(x.to(dtype=self.norm_f.weight.dtype))
-        return x.transpose(1, 2).reshape(b, c, h, w)  # (b, l, c) -> (b, c, h, w)
+        return tokens_to_map(x, (h, w))
 
     def forward_features(self, x):
         """Image (b, 3, h, w) in [0, 1] -> deep features (b, embed_dim, h, w) right before the upsampler:

@@ -7,14 +7,17 @@ Vim fork of that file (``hustvl/Vim``, ``mamba-1p1p1/mamba_ssm/modules/mamba_sim
 
 The forward follows the fused ``use_fast_path`` route of those files (``mamba_inner_fn`` /
 ``mamba_inner_fn_no_out_proj``), which is the one the released weights were trained with; the scan and
-the causal conv come from :mod:`dvmsr_mma.ops`, which picks the CUDA kernels or the exact PyTorch path.
+the causal conv come from :mod:`dvmsr_mma.ops`, which picks the CUDA kernels, Triton, numba or PyTorch.
+Two layouts, one math: where the scan runs numba (CPU), the mixer keeps its tensors token-major (b, l, d) as
+the matmuls make them and the kernels read them in place; elsewhere it builds upstream's (b, d, l).
 """
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from dvmsr_mma.ops import causal_conv1d, selective_scan
+from dvmsr_mma.ops import causal_conv1d, causal_conv1d_tokens, selective_scan, selective_scan_tokens, token_major
 
 __all__ = ['Mamba', 'DropPath']
 
@@ -155,8 +158,30 @@ class Mamba(nn.Module):
         A = -torch.exp(A_log.float())  # (d_inner, d_state)
         return selective_scan(x, delta, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True)
 
+    def _ssm_tokens(self, xz, conv1d, x_proj, dt_proj, A_log, D, reverse):
+        """:meth:`_ssm` token-major: xz (b, l, 2*d_inner) -> y (b, l, d_inner), every tensor read where the
+        matmuls put it; ``reverse``: the direction of the flipped sequence, without flipping."""
+        x, z = xz.chunk(2, dim=-1)  # (b, l, d_inner) views
+        x = causal_conv1d_tokens(x, conv1d.weight.squeeze(1), conv1d.bias, activation='silu', reverse=reverse)
+        dt, B, C = torch.split(x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, dt_proj.weight)  # (b, l, d_inner); the bias is added in the scan
+        A = -torch.exp(A_log.float())
+        return selective_scan_tokens(x, delta, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(),
+                                     delta_softplus=True, reverse=reverse)
+
+    def _forward_tokens(self, hidden_states):
+        xz = self.in_proj(hidden_states)  # (b, l, 2*d_inner)
+        y = self._ssm_tokens(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, False)
+        if self.bimamba_type == 'v2':
+            y = y + self._ssm_tokens(xz, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, True)
+            if self.if_divide_out:
+                y = y / 2
+        return self.out_proj(y.to(self.out_proj.weight.dtype))
+
     def forward(self, hidden_states):
         """hidden_states: (b, l, d_model) -> (b, l, d_model)."""
+        if token_major(hidden_states):
+            return self._forward_tokens(hidden_states)
         xz = self._channels_first(self.in_proj.weight, hidden_states)  # (b, 2*d_inner, l)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .cuda_kernels import kernel_function
 from .dispatch import select
 
-__all__ = ['causal_conv1d', 'causal_conv1d_torch']
+__all__ = ['causal_conv1d', 'causal_conv1d_tokens', 'causal_conv1d_torch']
 
 ACTIVATIONS = (None, 'silu', 'swish')
 
@@ -42,8 +42,9 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
                   activation: Optional[str] = None) -> torch.Tensor:
     """Causal depthwise conv1d. x: (b, d, l), weight: (d, w), bias: (d,), activation: None, 'silu' or 'swish'.
 
-    Runs ``causal_conv1d_cuda`` for CUDA tensors it accepts (see :mod:`.cuda_kernels`), else PyTorch.
-    ``seq_idx``, ``initial_states``, ``return_final_states`` and ``final_states_out`` are not supported.
+    Runs ``causal_conv1d_cuda`` for CUDA tensors it accepts (see :mod:`.cuda_kernels`), the numba kernel for CPU
+    tensors (on a (b, l, d) copy: see :func:`causal_conv1d_tokens`), else PyTorch. ``seq_idx``, ``initial_states``,
+    ``return_final_states`` and ``final_states_out`` are not supported.
     """
     streaming = {'seq_idx': seq_idx, 'initial_states': initial_states, 'final_states_out': final_states_out,
                  'return_final_states': return_final_states or None}
@@ -56,6 +57,28 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
         raise ValueError(f'causal_conv1d: x must be (b, d, l) and weight (d, w), got x {tuple(x.shape)} and '
                          f'weight {tuple(weight.shape)}')
-    if select('causal_conv1d', dict(x=x, weight=weight, bias=bias)) == 'kernel':
+    path = select('causal_conv1d', dict(x=x, weight=weight, bias=bias))
+    if path == 'kernel':
         return kernel_function('causal_conv1d')(x, weight, bias=bias, activation=activation)
+    if path == 'numba':
+        from .conv_cpu import causal_conv1d_tokens_cpu
+        return causal_conv1d_tokens_cpu(x.transpose(1, 2), weight, bias, activation).transpose(1, 2).contiguous()
     return causal_conv1d_torch(x, weight, bias, activation)
+
+
+def causal_conv1d_tokens(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                         activation: Optional[str] = None, reverse: bool = False) -> torch.Tensor:
+    """:func:`causal_conv1d` on token-major x (b, l, d), as the Mamba mixer holds it; ``reverse``: the conv of the
+    flipped sequence, flipped back. Returns (b, l, d). The numba path reads x where it is (see :mod:`.conv_cpu`);
+    every other path runs :func:`causal_conv1d` on a (b, d, l) view (a flipped copy for ``reverse``)."""
+    if activation not in ACTIVATIONS:
+        raise NotImplementedError('activation must be None, "silu" or "swish"')
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[2]:
+        raise ValueError(f'causal_conv1d_tokens: x must be (b, l, d) and weight (d, w), got x {tuple(x.shape)} and '
+                         f'weight {tuple(weight.shape)}')
+    if select('causal_conv1d', dict(x=x, weight=weight, bias=bias)) == 'numba':
+        from .conv_cpu import causal_conv1d_tokens_cpu
+        return causal_conv1d_tokens_cpu(x, weight, bias, activation, reverse)
+    x = x.flip(1) if reverse else x
+    y = causal_conv1d(x.transpose(1, 2), weight, bias, activation=activation).transpose(1, 2)
+    return y.flip(1) if reverse else y

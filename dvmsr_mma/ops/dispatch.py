@@ -5,7 +5,7 @@ the reason it cannot take these tensors (not importable, a kernel limit, a dtype
 the first path of the op's row that serves the tensors' device and has no reason against it; every path it
 passed over for a reason is named in the one INFO line logged per op, path and reasons. A forced path that
 cannot run is one :class:`~dvmsr_mma.errors.OptionError` line with its reason; forcing a path an op does not
-have (the conv has no Triton, numba or graph version) runs that op's PyTorch path.
+have (the conv has no Triton or graph version) runs that op's PyTorch path.
 
 Forcing, innermost first: :func:`ops_path` (a context manager, e.g. ``ops_path('graph')`` for ONNX export),
 :func:`force_torch_ops`, ``DVMSR_MMA_FORCE_TORCH_OPS=1``, ``DVMSR_MMA_OPS=kernel|triton|numba|torch``.
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 ENV_FORCE_TORCH = 'DVMSR_MMA_FORCE_TORCH_OPS'
 ENV_OPS = 'DVMSR_MMA_OPS'
 PATHS = ('kernel', 'triton', 'numba', 'torch')  # what DVMSR_MMA_OPS may name
-NUMBA_MODULE = 'dvmsr_mma.ops.scan_cpu'  # importing it imports numba
+NUMBA_MODULE = 'dvmsr_mma.ops.numba_runtime'  # importing it imports numba
 TRITON_MODULE = 'dvmsr_mma.ops.scan_triton'  # importing it imports triton
 TRITON_GRID_Y_LIMIT = 65535  # the scan launches (b, d) programs; CUDA caps grid.y
 
@@ -129,6 +129,7 @@ TABLE: Dict[str, Tuple[Path, ...]] = {
     'causal_conv1d': (
         Path('kernel', 'CUDA kernel (causal_conv1d)', _kernel_why_not('causal_conv1d', cuda_kernels.conv_problem),
              _kernel_devices),
+        Path('numba', 'numba CPU', _numba_why_not, lambda: ('cpu', )),
         TORCH,
     ),
 }
@@ -223,3 +224,18 @@ def select(op: str, tensors: Tensors) -> str:
             return path.name
         passed.append(f'not the {path.label}: {why}')
     raise AssertionError(f'{op}: no path for {device} tensors')  # the PyTorch path serves every device
+
+
+def token_major(x: Any) -> bool:
+    """Whether the scan for tensors like ``x`` takes the numba CPU path, whose kernels read the mixer's (b, l, d)
+    tensors in place: then the mixer keeps that layout (see :mod:`.scan_cpu`). Where an earlier path serves
+    ``x``'s device (the CUDA kernel, Triton), the mixer builds the (b, d, l) layout they take, whether or not they
+    accept the exact tensors, as does every path after numba."""
+    requested, _ = requested_path()
+    if requested != 'auto':
+        return requested == 'numba'
+    device = _device({'u': x})
+    for path in TABLE['selective_scan']:
+        if path.auto and (path.devices is None or device in path.devices()):
+            return path.name == 'numba' and path.why_not({'u': x}, False) is None
+    return False

@@ -1,12 +1,14 @@
-"""What the numba CPU kernels share: compiler flags, a vectorizable exp, and the thread pool that runs their tasks.
+"""What the numba CPU kernels share: compiler flags, a vectorizable exp, raw row access, and the thread pool.
 
-The kernels (:mod:`.scan_cpu`) work lane by lane ((batch, channel) rows); lanes are grouped into
-tasks that a pool of ``torch.get_num_threads()`` Python threads takes one at a time (numba releases the GIL), so
-there is no barrier per operation and a thread the OS deschedules only takes fewer tasks.
+The kernels (:mod:`.scan_cpu`, :mod:`.conv_cpu`) work on token-major tensors ((b, l, channels), channels
+contiguous) and are cut into tasks that a pool of ``torch.get_num_threads()`` Python threads takes one at a time
+(numba releases the GIL), so there is no barrier per operation and a thread the OS deschedules only takes fewer
+tasks. How the work is cut depends on the shapes only, never on the thread count, so results do not either.
 """
-import math
+import itertools
 import os
 import threading
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Tuple
 
@@ -27,7 +29,13 @@ TASKS_PER_THREAD = 8  # lanes are cut into about this many tasks per thread, for
 # first); it is in separate functions, so each keeps its own flags when the compiler inlines it.
 FLAGS = {'reassoc', 'nsz', 'arcp'}
 MATH_FLAGS = {'contract', 'nsz', 'arcp'}
-EMPTY1, EMPTY3 = np.empty(0, np.float32), np.empty((0, 0, 0), np.float32)
+EMPTY1 = np.empty(0, np.float32)
+
+# numba's disk cache checks the source file of a cached function, not of the helpers compiled into it: a kernel
+# whose only change is here would load stale code. Kernels are closures over this key, which numba's cache index
+# includes (it hashes closure variables), so a change to this file recompiles them.
+with open(__file__, 'rb') as _source:
+    SOURCE_KEY = zlib.crc32(_source.read())
 
 
 @intrinsic
@@ -55,13 +63,28 @@ def stack_f32(typingctx, size):
     return types.CPointer(types.float32)(size), codegen
 
 
+@intrinsic
+def f32_at(typingctx, array, offset):
+    """A pointer to element ``offset`` of a 1-D float32 array, for ``numba.carray`` row views: a row indexed
+    from 0 by a ``range`` needs no negative-index wrap, and a negative time stride (a reverse scan) is only
+    arithmetic on ``offset``."""
+    if not (isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.gep(data, [args[1]])
+
+    return types.CPointer(types.float32)(array, offset), codegen
+
+
 @numba.njit(fastmath=MATH_FLAGS, error_model='numpy', cache=True)
 def exp32(x):
     """float32 exp in a form the compiler vectorizes: x = k ln2 + r with |r| <= ln2 / 2, e^r by Cephes' expf
     polynomial (about 1 ulp, as torch's), 2^k as two exponent-field factors so results down to the denormals
     and up to inf come out right; clamping to [-104, 89] changes no float32 result; NaN propagates."""
     xc = min(max(x, np.float32(-104.0)), np.float32(89.0))
-    k = np.float32(math.floor(xc * np.float32(1.44269504088896341) + np.float32(0.5)))
+    k = np.floor(xc * np.float32(1.44269504088896341) + np.float32(0.5))  # float: math.floor's int64 is scalar on AVX2
     r = xc - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
     p = np.float32(1.9875691500e-4)
     p = p * r + np.float32(1.3981999507e-3)
@@ -99,7 +122,9 @@ _pool_lock = threading.Lock()
 
 
 def run_tasks(tasks: List[tuple], fn) -> None:
-    """Run ``fn(*task)`` for every task on at most ``torch.get_num_threads()`` threads (inline for one)."""
+    """Run ``fn(*task)`` for every task on ``torch.get_num_threads()`` threads, the caller one of them (inline for
+    one thread). Each thread takes the next task from a shared counter until none is left: no task waits for a
+    thread the OS has descheduled, and the caller hands nothing out per task."""
     threads = min(torch.get_num_threads(), len(tasks))
     if threads <= 1:
         for task in tasks:
@@ -107,31 +132,51 @@ def run_tasks(tasks: List[tuple], fn) -> None:
         return
     global _pool, _pool_key
     with _pool_lock:
-        key = (os.getpid(), threads)  # a forked child has the object but not the threads
+        key = (os.getpid(), threads - 1)  # a forked child has the object but not the threads
         if _pool is None or _pool_key != key:
             if _pool is not None and _pool_key[0] == os.getpid():
                 _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix='dvmsr_mma_scan')
+            _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix='dvmsr_mma_scan')
             _pool_key = key
         pool = _pool
-    for future in [pool.submit(fn, *task) for task in tasks]:
-        future.result()
+    counter = itertools.count()  # next() is atomic under the GIL
+
+    def work():
+        while True:
+            i = next(counter)
+            if i >= len(tasks):
+                return
+            fn(*tasks[i])
+
+    helpers = [pool.submit(work) for _ in range(threads - 1)]
+    try:
+        work()
+    finally:  # the helpers finish (and raise what they raised) before the buffers go back to the caller
+        for helper in helpers:
+            helper.result()
 
 
-def lane_tasks(b: int, d: int, max_parts: Optional[int] = None) -> List[Tuple[int, int, int, int]]:
-    """(batch, first channel, end channel, part) covering every lane, about TASKS_PER_THREAD per thread, each batch
-    cut into the same ``parts`` (at most ``max_parts``): a task is a fixed set of lanes, so results do not depend
-    on which thread runs it."""
-    parts = max(1, min(d, math.ceil(TASKS_PER_THREAD * torch.get_num_threads() / b), max_parts or d))
-    bounds = [round(i * d / parts) for i in range(parts + 1)]
-    return [(i, bounds[p], bounds[p + 1], p) for i in range(b) for p in range(parts)]
+def flat(x: torch.Tensor) -> Tuple[np.ndarray, Tuple[int, ...]]:
+    """The 1-D float32 array numba reads ``x`` (fp32, last stride 1) through, starting at ``x``'s first element,
+    and ``x``'s strides; no copy (the array spans the storage from the first element to the last)."""
+    span = 1 + sum((size - 1) * stride for size, stride in zip(x.shape, x.stride())) if x.numel() else 0
+    return x.detach().as_strided((span, ), (1, ), x.storage_offset()).numpy(), tuple(x.stride())
 
 
-def arr(x: Optional[torch.Tensor], empty: Optional[np.ndarray] = None) -> np.ndarray:
-    """The array numba sees (sharing memory with ``x``); ``empty`` stands for an absent optional input."""
-    return empty if x is None else x.detach().numpy()
+def token_major(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the kernels read it: float32 with contiguous channels (the last dim), other strides as they are.
+    A copy only for other dtypes or layouts."""
+    x = x.float()
+    return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
 
 
-def f32(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """A detached, contiguous float32 copy of ``x`` (``x`` itself when it already is one)."""
-    return None if x is None else x.detach().float().contiguous()
+ALIGN = 16  # channels: parts start on 64-byte cache lines, so two threads never write one line
+
+
+def parts(d: int, width: int) -> List[Tuple[int, int]]:
+    """``d`` channels cut into the fewest parts of at most ``width`` (a multiple of ALIGN), as even as whole cache
+    lines allow: (first, count) each."""
+    count, lines = -(-d // width), -(-d // ALIGN)
+    sizes = [lines // count + (i < lines % count) for i in range(count)]
+    starts = [ALIGN * sum(sizes[:i]) for i in range(count + 1)]
+    return [(starts[i], min(d, starts[i + 1]) - starts[i]) for i in range(count) if starts[i] < d]

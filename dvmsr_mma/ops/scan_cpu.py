@@ -1,281 +1,454 @@
-"""Single-pass selective scan for CPU tensors, compiled at run time by numba (optional: ``pip install numba``).
+"""Selective scan for CPU tensors, token-major, compiled at run time by numba (optional: ``pip install numba``).
 
-Why: the PyTorch path runs about 3 sqrt(l) Python steps of small multi-threaded ops, and every op waits at a
-barrier for all of torch's threads; on a busy machine one descheduled thread stalls each of them. Here each
-(batch, channel) lane runs its whole sequence in one compiled loop, block by block of 64 steps: softplus(delta +
-bias) and silu(z) for the block first (vectorized over time), then the recurrence with the exp over the states
-vectorized; lanes run as tasks on :mod:`.numba_runtime`'s threads, without barriers.
+Why token-major: the Mamba mixer's tensors are (b, l, channels) with channels contiguous: ``in_proj`` makes xz
+(b, l, 2d), ``x_proj`` makes x_dbl (b, l, dt_rank + 2n), and ``out_proj`` reads y as (b, l, d). This kernel reads
+u, delta, z, B and C where they lie (any batch and time strides, unit channel stride: the halves of xz and the
+slices of x_dbl as they are) and writes y as ``out_proj`` reads it, so the mixer makes no transposed or
+contiguous copies between its matmuls (ggml's ``ssm_scan`` works the same way). A reverse scan (the backward
+branch of MMA's bidirectional mixer) walks time from the end with a negative time stride: no flipped copies.
+The mixer calls :func:`selective_scan_tokens` directly rather than handing transposed views to the (b, d, l)
+API, because a reversed sequence is not a view torch can express; :func:`selective_scan_cpu` serves that API
+by transposing (copies, as any caller of it already has (b, d, l) tensors).
 
-Same math as the PyTorch path: fp32 state, h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, no division by decays,
-no clamping, any length (results agree to float rounding: the exp, softplus and sums are computed in another
-order). The backward runs the adjoint recurrence in reverse, lane by lane, recomputing each lane's states from
-the checkpoints the forward saved every :data:`CHECKPOINT_STEPS` steps (O(b d n l / 64) memory, not O(b d n l)).
+Vectorized over channels: every step computes softplus(delta + bias) and the gate for a row of channels, then
+the n decays exp(dt A), then the states, with fp32 state, h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, no division
+by decays, no clamping, any length. The work is cut into tasks of (batch, part of the channels) that numba runs
+without barriers (:func:`~.numba_runtime.run_tasks`). The parts depend on the shapes only, so the results,
+gradients included, do not depend on the thread count. The backward runs the adjoint recurrence in reverse,
+a chunk of :data:`CHECKPOINT_STEPS` steps at a time, recomputing each chunk's states from the state the
+forward saved at its start (O(b d n l / 32) memory, never O(b d n l)).
 """
 import functools
 import math
-from typing import Callable, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .numba_runtime import (
     EMPTY1,
-    EMPTY3,
     FLAGS,
     MATH_FLAGS,
-    arr,
+    SOURCE_KEY,
     exp32,
-    f32,
-    lane_tasks,
+    f32_at,
+    flat,
     log1p_small,
+    parts,
     run_tasks,
     stack_f32,
+    token_major,
 )
-from .scan_inputs import checked_b_c
+from .scan_inputs import checked_b_c, checked_token_shapes
 
-__all__ = ['selective_scan_cpu']
+__all__ = ['selective_scan_tokens_cpu', 'selective_scan_cpu']
 
-CHECKPOINT_STEPS = 64  # forward states kept for the backward: one per 64 steps and lane
-STATE_MULTIPLE = 16  # states are zero-padded to a multiple of this (A = B = C = 0 there: those states stay 0)
-# The backward's B and C gradients are summed per task part (deterministically), one (b, g, l, N) buffer each:
-# fewer parts where those buffers would pass this many elements (64 MB in fp32) per gradient.
-BACKWARD_PARTIAL_ELEMENTS = 1 << 24
+CHECKPOINT_STEPS = 32  # the forward keeps the state before every 32 steps for the backward
+STATE_MULTIPLE = 16  # scratch rows are sized for the states rounded up to this (one compiled kernel for n <= 16)
+FORWARD_WIDTH = 64  # channels per forward task: whole rows of DVMSR's 120 and MMA-T's 96 channels in 2 tasks
+BACKWARD_WIDTH = 32  # per backward task: its chunk of states and decays (33 + 32 rows of n x 32) stays in L2
+
+# geometry rows, one per tensor the kernels read or write: (offset of step 0, batch stride, step stride, group
+# stride); a reverse scan starts at the last time step and steps back
+U, DELTA, Z, B_, C_, Y, GOUT, GU, GDELTA, GZ, GB, GC = range(12)
 
 
-@numba.njit(fastmath=MATH_FLAGS, error_model='numpy', cache=True)
-def _dt_block(delta, bias, softplus, dt, slope):
-    """dt = softplus(delta + bias) (or delta + bias) for one block (``delta``: its slice), and its derivative
-    sigmoid(x) in ``slope``; softplus(x) = max(x, 0) + log1p(exp(-|x|)), within 3 ulp of torch's. The block comes
-    as a slice indexed from 0: an index that might be negative makes numba wrap it, and the loop gathers."""
-    for s in range(delta.shape[0]):
-        x = delta[s] + bias
-        if softplus:
+# Helpers are not cached on their own: compiled into each kernel, they are cached with it (and its source key).
+@numba.njit(fastmath=MATH_FLAGS, error_model='numpy')
+def _dt_row(delta, bias, w, softplus, dt):
+    """dt = softplus(delta + bias) (or delta + bias) over a row of ``w`` channels; softplus(x) = max(x, 0) +
+    log1p(exp(-|x|)), within 3 ulp of torch's."""
+    if softplus:
+        for c in range(w):
+            x = delta[c] + bias[c]
+            dt[c] = max(x, np.float32(0.0)) + log1p_small(exp32(-abs(x)))
+    else:
+        for c in range(w):
+            dt[c] = delta[c] + bias[c]
+
+
+@numba.njit(fastmath=MATH_FLAGS, error_model='numpy')
+def _dt_slope_row(delta, bias, w, softplus, dt, slope):
+    """:func:`_dt_row` and its derivative sigmoid(x) in ``slope`` (for the backward)."""
+    if softplus:
+        for c in range(w):
+            x = delta[c] + bias[c]
             e = exp32(-abs(x))
-            dt[s] = max(x, np.float32(0.0)) + log1p_small(e)
+            dt[c] = max(x, np.float32(0.0)) + log1p_small(e)
             r = np.float32(1.0) / (np.float32(1.0) + e)
-            slope[s] = r if x > np.float32(0.0) else e * r
-        else:
-            dt[s] = x
-            slope[s] = np.float32(1.0)
+            slope[c] = r if x > np.float32(0.0) else e * r
+    else:
+        for c in range(w):
+            dt[c] = delta[c] + bias[c]
+            slope[c] = np.float32(1.0)
 
 
-@numba.njit(fastmath=MATH_FLAGS, error_model='numpy', cache=True)
-def _gate_block(z, gate, sig):
-    """silu(z) = z sigmoid(z) for one block (``z``: its slice), and sigmoid(z) (for the gradient)."""
-    for s in range(z.shape[0]):
-        zz = z[s]
+@numba.njit(fastmath=MATH_FLAGS, error_model='numpy')
+def _gate_row(z, w, gate, sig):
+    """silu(z) = z sigmoid(z) over a row, and sigmoid(z) (for the gradient)."""
+    for c in range(w):
+        zz = z[c]
         sg = np.float32(1.0) / (np.float32(1.0) + exp32(-zz))
-        sig[s] = sg
-        gate[s] = zz * sg
+        sig[c] = sg
+        gate[c] = zz * sg
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(n: int) -> Tuple[Callable, Callable]:
-    """The forward and backward lane kernels for ``n`` states, a multiple of :data:`STATE_MULTIPLE`. ``n`` is a
-    compile-time constant: the compiler then unrolls the loops over the states into whole vectors (with a run-time
-    n = 16 it takes the scalar remainder loop and runs 2.5x slower). Compiled once per n, cached on disk. The
-    scratch arrays live on the stack (:func:`~.numba_runtime.stack_f32`), their sizes constants too."""
-    block = CHECKPOINT_STEPS
-    states_size, block_states_size = (block + 1) * n, block * n
+def _kernels(npad: int) -> Tuple[Callable, Callable]:
+    """The forward and backward part kernels with scratch for ``npad`` states (a multiple of STATE_MULTIPLE; the
+    loops run the real n). The scratch lives on the stack (:func:`~.numba_runtime.stack_f32`), whose sizes must
+    be compile-time constants, and where the compiler knows no argument aliases it, so its loops vectorize.
+    Compiled once per ``npad``, cached on disk."""
+    key = SOURCE_KEY
+    fw, bw, K = FORWARD_WIDTH, BACKWARD_WIDTH, CHECKPOINT_STEPS
+    f_states, b_states, b_chunk = npad * fw, npad * bw, K * bw
+    b_chunk_states, b_chunk_decays = (K + 1) * npad * bw, K * npad * bw
 
     @numba.njit(nogil=True, fastmath=FLAGS, error_model='numpy', cache=True)
-    def _forward_lanes(u, delta, bias, A, Bt, Ct, D, z, y, hc, batch, c0, c1, per_group, softplus, save):
-        """Lanes (batch, c0..c1): y = (<C_t, h_t> + D u) silu(z), block by block of CHECKPOINT_STEPS steps whose dt
-        and gate are computed first (vectorized over time); ``save``: the state before every block into hc."""
-        seqlen = u.shape[2]
-        has_bias, has_d, has_z = bias.shape[0] > 0, D.shape[0] > 0, z.shape[0] > 0
-        h = numba.carray(stack_f32(n), n)
-        dt, slope = numba.carray(stack_f32(block), block), numba.carray(stack_f32(block), block)
-        gate, sig = numba.carray(stack_f32(block), block), numba.carray(stack_f32(block), block)
-        gate[:] = 1
-        for c in range(c0, c1):
-            g = c // per_group
-            a = A[c]
-            bc = bias[c] if has_bias else np.float32(0.0)
-            dc = D[c] if has_d else np.float32(0.0)
-            uc, yc = u[batch, c], y[batch, c]
-            h[:] = 0
-            for t0 in range(0, seqlen, block):
-                steps = min(block, seqlen - t0)
-                if save:
-                    hc[batch, c, t0 // block, :] = h
-                _dt_block(delta[batch, c, t0:t0 + steps], bc, softplus, dt, slope)
-                if has_z:
-                    _gate_block(z[batch, c, t0:t0 + steps], gate, sig)
-                ub, yb = uc[t0:t0 + steps], yc[t0:t0 + steps]  # this block's views, indexed from 0
-                Bb, Cb = Bt[batch, g, t0:t0 + steps], Ct[batch, g, t0:t0 + steps]
-                for s in range(steps):
-                    dts = dt[s]
-                    du = dts * ub[s]
-                    bt, ct = Bb[s], Cb[s]
-                    acc = np.float32(0.0)
-                    for i in range(n):
-                        hi = exp32(dts * a[i]) * h[i] + du * bt[i]
-                        h[i] = hi
-                        acc += hi * ct[i]
-                    yb[s] = (acc + dc * ub[s]) * gate[s]
-
-    @numba.njit(nogil=True, fastmath=FLAGS, error_model='numpy', cache=True)
-    def _backward_lanes(u, delta, bias, A, Bt, Ct, D, z, gout, hc, g_u, g_delta, g_z, g_A, g_D, g_bias, g_Bp, g_Cp,
-                        batch, c0, c1, part, per_group, softplus):
-        """Adjoint recurrence of lanes (batch, c0..c1), block by block from the last, states recomputed from hc.
-
-        Writes g_u, g_delta, g_z and the lane's sums g_A, g_D, g_bias[batch, c]; adds into g_Bp / g_Cp[batch, part]
-        (this task's own slice, summed over parts by the caller). Long sums accumulate per block, then in float64."""
-        seqlen = u.shape[2]
-        has_bias, has_d, has_z = bias.shape[0] > 0, D.shape[0] > 0, z.shape[0] > 0
-        hs = numba.carray(stack_f32(states_size), (block + 1, n))
-        decay = numba.carray(stack_f32(block_states_size), (block, n))
-        dt, slope = numba.carray(stack_f32(block), block), numba.carray(stack_f32(block), block)
-        gate, sig = numba.carray(stack_f32(block), block), numba.carray(stack_f32(block), block)
-        ypre = numba.carray(stack_f32(block), block)
-        gate[:] = 1
-        gh, ga = numba.carray(stack_f32(n), n), numba.carray(stack_f32(n), n)
-        ga64 = np.empty(n, np.float64)
-        for c in range(c0, c1):
-            g = c // per_group
-            a = A[c]
-            bc = bias[c] if has_bias else np.float32(0.0)
-            dc = D[c] if has_d else np.float32(0.0)
-            uc, goc = u[batch, c], gout[batch, c]
-            gh[:] = 0
-            ga64[:] = 0
-            gd64 = 0.0
-            gbias64 = 0.0
-            for j in range((seqlen + block - 1) // block - 1, -1, -1):
-                t0 = j * block
-                steps = min(block, seqlen - t0)
-                _dt_block(delta[batch, c, t0:t0 + steps], bc, softplus, dt, slope)
-                if has_z:
-                    _gate_block(z[batch, c, t0:t0 + steps], gate, sig)
-                ub, gob = uc[t0:t0 + steps], goc[t0:t0 + steps]  # this block's views, indexed from 0
-                Bb, Cb = Bt[batch, g, t0:t0 + steps], Ct[batch, g, t0:t0 + steps]
-                gBb, gCb = g_Bp[batch, part, g, t0:t0 + steps], g_Cp[batch, part, g, t0:t0 + steps]
-                gub, gdb = g_u[batch, c, t0:t0 + steps], g_delta[batch, c, t0:t0 + steps]
-                hs[0] = hc[batch, c, j]
-                for s in range(steps):  # (values read once into locals: a store may alias any array)
-                    dts = dt[s]
-                    du = dts * ub[s]
-                    bt, ct = Bb[s], Cb[s]
-                    h0, h1, dec = hs[s], hs[s + 1], decay[s]
-                    acc = np.float32(0.0)
-                    for i in range(n):
-                        e = exp32(dts * a[i])
-                        dec[i] = e
-                        hi = e * h0[i] + du * bt[i]
-                        h1[i] = hi
-                        acc += hi * ct[i]
-                    ypre[s] = acc + dc * ub[s]
-                ga[:] = 0
-                gd = np.float32(0.0)
-                gbias = np.float32(0.0)
-                for r in range(steps):
-                    s = steps - 1 - r  # backwards
-                    dts, ut = dt[s], ub[s]
-                    du = dts * ut
-                    gyt = gob[s] * gate[s]  # gradient of the pre-gate output
-                    bt, ct = Bb[s], Cb[s]
-                    gbt, gct = gBb[s], gCb[s]
-                    # three loops of few arrays each, so that the compiler can vectorize them (it gives up on
-                    # one loop touching nine arrays it cannot prove apart)
-                    hs1, hs0, dec = hs[s + 1], hs[s], decay[s]
-                    for i in range(n):
-                        gh[i] += gyt * ct[i]  # adjoint of h_t
-                        gct[i] += gyt * hs1[i]
-                    gdu = np.float32(0.0)
-                    for i in range(n):
-                        gdu += gh[i] * bt[i]
-                        gbt[i] += gh[i] * du
-                    gda = np.float32(0.0)
-                    for i in range(n):
-                        ghi = gh[i] * dec[i]  # -> adjoint of h_{t-1}; d/d(dt_t a) = ghi * h_{t-1}
-                        q = ghi * hs0[i]
-                        gda += q * a[i]
-                        ga[i] += q * dts
-                        gh[i] = ghi
-                    gub[s] = gdu * dts + gyt * dc
-                    gdelta = (gda + gdu * ut) * slope[s]
-                    gdb[s] = gdelta
-                    gbias += gdelta
-                    gd += gyt * ut
-                    if has_z:
-                        sg = sig[s]
-                        zt = z[batch, c, t0 + s]
-                        g_z[batch, c, t0 + s] = gob[s] * ypre[s] * sg * (np.float32(1.0) + zt * (np.float32(1.0) - sg))
+    def forward_part(u, delta, z, Bm, Cm, y, hc, geo, A, bias, D, batch, c0, w, group, n, seqlen, softplus, save):
+        """y for channels c0..c0+w of one batch: (<C_t, h_t> + D u_t) silu(z_t), step by step in scan order;
+        ``save``: the state before every K steps into hc (b, chunks, n, d)."""
+        assert key == SOURCE_KEY
+        d = bias.shape[0]
+        has_z, has_d = z.shape[0] > 0, D.shape[0] > 0
+        nchunks = (seqlen + K - 1) // K
+        h = numba.carray(stack_f32(f_states), (npad, fw))
+        dec = numba.carray(stack_f32(f_states), (npad, fw))
+        a = numba.carray(stack_f32(f_states), (npad, fw))
+        dt, du, acc = numba.carray(stack_f32(fw), fw), numba.carray(stack_f32(fw), fw), numba.carray(stack_f32(fw), fw)
+        gate, sig = numba.carray(stack_f32(fw), fw), numba.carray(stack_f32(fw), fw)
+        w8 = -(-w // 8) * 8
+        for x in (h, dec, a):  # channels w.. of a row stay 0 (A, dt, du, h), so whole-vector loops can run them
+            x[:] = np.float32(0.0)
+        for x in (dt, du, acc):
+            x[:] = np.float32(0.0)
+        for i in range(n):
+            for c in range(w):
+                a[i, c] = A[i * d + c0 + c]
+        bias_r, D_r = numba.carray(f32_at(bias, c0), w), numba.carray(f32_at(D, c0 if has_d else 0), w)
+        pu, pd = geo[U, 0] + batch * geo[U, 1] + c0, geo[DELTA, 0] + batch * geo[DELTA, 1] + c0
+        pz, py = geo[Z, 0] + batch * geo[Z, 1] + c0, geo[Y, 0] + batch * geo[Y, 1] + c0
+        pb = geo[B_, 0] + batch * geo[B_, 1] + group * geo[B_, 3]
+        pc = geo[C_, 0] + batch * geo[C_, 1] + group * geo[C_, 3]
+        for s in range(seqlen):
+            if save and s % K == 0:
+                base = ((batch * nchunks + s // K) * n) * d + c0
                 for i in range(n):
-                    ga64[i] += ga[i]
-                gd64 += gd
-                gbias64 += gbias
+                    hrow = numba.carray(f32_at(hc, base + i * d), w)
+                    for c in range(w):
+                        hrow[c] = h[i, c]
+            ur = numba.carray(f32_at(u, pu + s * geo[U, 2]), w)
+            br, cr = numba.carray(f32_at(Bm, pb + s * geo[B_, 2]), n), numba.carray(f32_at(Cm, pc + s * geo[C_, 2]), n)
+            _dt_row(numba.carray(f32_at(delta, pd + s * geo[DELTA, 2]), w), bias_r, w, softplus, dt)
+            for c in range(w):
+                du[c] = dt[c] * ur[c]
+                acc[c] = np.float32(0.0)
+            for i in range(n):  # the decays first: exps with no dependence between them
+                ai, di = a[i], dec[i]
+                for c in range(w8):  # whole vectors: no scalar tail per state (the channels past w are 0)
+                    di[c] = exp32(dt[c] * ai[c])
             for i in range(n):
-                g_A[batch, c, i] = ga64[i]
-            g_D[batch, c] = gd64
-            g_bias[batch, c] = gbias64
+                bv, cv = br[i], cr[i]
+                hi, di = h[i], dec[i]
+                for c in range(w8):
+                    v = di[c] * hi[c] + du[c] * bv
+                    hi[c] = v
+                    acc[c] += v * cv
+            yr = numba.carray(f32_at(y, py + s * geo[Y, 2]), w)
+            if has_d:
+                for c in range(w):
+                    acc[c] += D_r[c] * ur[c]
+            if has_z:
+                _gate_row(numba.carray(f32_at(z, pz + s * geo[Z, 2]), w), w, gate, sig)
+                for c in range(w):
+                    yr[c] = acc[c] * gate[c]
+            else:
+                for c in range(w):
+                    yr[c] = acc[c]
 
-    return _forward_lanes, _backward_lanes
+    @numba.njit(nogil=True, fastmath=FLAGS, error_model='numpy', cache=True)
+    def backward_part(u, delta, z, Bm, Cm, gout, hc, g_u, g_delta, g_z, g_Bp, g_Cp, geo, A, bias, D, g_A, g_D, g_bias,
+                      batch, c0, w, group, n, seqlen, softplus):
+        """The adjoint recurrence for channels c0..c0+w of one batch, chunk by chunk from the last, each chunk's
+        states recomputed from hc. Writes g_u, g_delta, g_z rows, this part's B and C gradients (summed over its
+        channels) into g_Bp / g_Cp, and the long sums g_A (b, n, d), g_D, g_bias (b, d) in float64."""
+        assert key == SOURCE_KEY
+        d = bias.shape[0]
+        has_z, has_d = z.shape[0] > 0, D.shape[0] > 0
+        nchunks = (seqlen + K - 1) // K
+        hs = numba.carray(stack_f32(b_chunk_states), (K + 1, npad, bw))
+        dec = numba.carray(stack_f32(b_chunk_decays), (K, npad, bw))
+        dts, slopes = numba.carray(stack_f32(b_chunk), (K, bw)), numba.carray(stack_f32(b_chunk), (K, bw))
+        dus, ypre = numba.carray(stack_f32(b_chunk), (K, bw)), numba.carray(stack_f32(b_chunk), (K, bw))
+        gates, sigs = numba.carray(stack_f32(b_chunk), (K, bw)), numba.carray(stack_f32(b_chunk), (K, bw))
+        a, gh = numba.carray(stack_f32(b_states), (npad, bw)), numba.carray(stack_f32(b_states), (npad, bw))
+        ga = numba.carray(stack_f32(b_states), (npad, bw))
+        gy, gdu, gda = numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw)
+        gD_c, gbias_c = numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw)
+        ga64 = np.zeros((n, w), np.float64)
+        gD64, gbias64 = np.zeros(w, np.float64), np.zeros(w, np.float64)
+        w8 = -(-w // 8) * 8
+        for x in (hs, dec):  # channels w.. stay 0 (A, dt, du, gy, h, adjoints): whole-vector loops run them
+            x[:] = np.float32(0.0)
+        for x in (dts, slopes, dus, ypre, gates, sigs):
+            x[:] = np.float32(0.0)
+        for x in (a, gh, ga):
+            x[:] = np.float32(0.0)
+        for x in (gy, gdu, gda):
+            x[:] = np.float32(0.0)
+        for i in range(n):
+            for c in range(w):
+                a[i, c] = A[i * d + c0 + c]
+        bias_r, D_r = numba.carray(f32_at(bias, c0), w), numba.carray(f32_at(D, c0 if has_d else 0), w)
+        pu, pd = geo[U, 0] + batch * geo[U, 1] + c0, geo[DELTA, 0] + batch * geo[DELTA, 1] + c0
+        pz, pgo = geo[Z, 0] + batch * geo[Z, 1] + c0, geo[GOUT, 0] + batch * geo[GOUT, 1] + c0
+        pgu, pgd = geo[GU, 0] + batch * geo[GU, 1] + c0, geo[GDELTA, 0] + batch * geo[GDELTA, 1] + c0
+        pgz = geo[GZ, 0] + batch * geo[GZ, 1] + c0
+        pb = geo[B_, 0] + batch * geo[B_, 1] + group * geo[B_, 3]
+        pc = geo[C_, 0] + batch * geo[C_, 1] + group * geo[C_, 3]
+        pgb, pgc = geo[GB, 0] + batch * geo[GB, 1], geo[GC, 0] + batch * geo[GC, 1]
+        for j in range(nchunks - 1, -1, -1):
+            t0 = j * K
+            steps = min(K, seqlen - t0)
+            base = ((batch * nchunks + j) * n) * d + c0
+            for i in range(n):
+                hrow = numba.carray(f32_at(hc, base + i * d), w)
+                for c in range(w):
+                    hs[0, i, c] = hrow[c]
+            for s in range(steps):  # the chunk's states again, and what the reverse pass reads per step
+                t = t0 + s
+                ur = numba.carray(f32_at(u, pu + t * geo[U, 2]), w)
+                br = numba.carray(f32_at(Bm, pb + t * geo[B_, 2]), n)
+                cr = numba.carray(f32_at(Cm, pc + t * geo[C_, 2]), n)
+                dt, du, acc = dts[s], dus[s], ypre[s]
+                _dt_slope_row(numba.carray(f32_at(delta, pd + t * geo[DELTA, 2]), w), bias_r, w, softplus, dt,
+                              slopes[s])
+                for c in range(w):
+                    du[c] = dt[c] * ur[c]
+                    acc[c] = np.float32(0.0)
+                for i in range(n):
+                    ai, di = a[i], dec[s, i]
+                    for c in range(w8):
+                        di[c] = exp32(dt[c] * ai[c])
+                for i in range(n):
+                    bv, cv = br[i], cr[i]
+                    h0, h1, di = hs[s, i], hs[s + 1, i], dec[s, i]
+                    for c in range(w8):
+                        v = di[c] * h0[c] + du[c] * bv
+                        h1[c] = v
+                        acc[c] += v * cv
+                if has_d:
+                    for c in range(w):
+                        acc[c] += D_r[c] * ur[c]
+                if has_z:
+                    _gate_row(numba.carray(f32_at(z, pz + t * geo[Z, 2]), w), w, gates[s], sigs[s])
+            for i in range(n):
+                for c in range(w):
+                    ga[i, c] = np.float32(0.0)
+            for c in range(w):
+                gD_c[c] = np.float32(0.0)
+                gbias_c[c] = np.float32(0.0)
+            for r in range(steps):
+                s = steps - 1 - r
+                t = t0 + s
+                ur = numba.carray(f32_at(u, pu + t * geo[U, 2]), w)
+                gor = numba.carray(f32_at(gout, pgo + t * geo[GOUT, 2]), w)
+                br = numba.carray(f32_at(Bm, pb + t * geo[B_, 2]), n)
+                cr = numba.carray(f32_at(Cm, pc + t * geo[C_, 2]), n)
+                gbr = numba.carray(f32_at(g_Bp, pgb + t * geo[GB, 2]), n)
+                gcr = numba.carray(f32_at(g_Cp, pgc + t * geo[GC, 2]), n)
+                dt, du = dts[s], dus[s]
+                if has_z:
+                    gate = gates[s]
+                    for c in range(w):
+                        gy[c] = gor[c] * gate[c]  # gradient of the pre-gate output
+                else:
+                    for c in range(w):
+                        gy[c] = gor[c]
+                for c in range(w8):
+                    gdu[c] = np.float32(0.0)
+                    gda[c] = np.float32(0.0)
+                for i in range(n):
+                    bv, cv = br[i], cr[i]
+                    ghi, h1 = gh[i], hs[s + 1, i]
+                    sum_c = np.float32(0.0)
+                    sum_b = np.float32(0.0)
+                    ai, di, h0, gai = a[i], dec[s, i], hs[s, i], ga[i]
+                    for c in range(w8):
+                        g = ghi[c] + gy[c] * cv  # adjoint of h_t
+                        sum_c += gy[c] * h1[c]
+                        gdu[c] += g * bv
+                        sum_b += g * du[c]
+                        g = g * di[c]  # -> adjoint of h_{t-1}; d/d(dt a) = g h_{t-1}
+                        q = g * h0[c]
+                        gda[c] += q * ai[c]
+                        gai[c] += q * dt[c]
+                        ghi[c] = g
+                    gcr[i] = sum_c
+                    gbr[i] = sum_b
+                gur = numba.carray(f32_at(g_u, pgu + t * geo[GU, 2]), w)
+                gdr = numba.carray(f32_at(g_delta, pgd + t * geo[GDELTA, 2]), w)
+                slope = slopes[s]
+                for c in range(w):
+                    gdel = (gda[c] + gdu[c] * ur[c]) * slope[c]
+                    gdr[c] = gdel
+                    gbias_c[c] += gdel
+                    gur[c] = gdu[c] * dt[c]
+                if has_d:
+                    for c in range(w):
+                        gur[c] += gy[c] * D_r[c]
+                        gD_c[c] += gy[c] * ur[c]
+                if has_z:
+                    zr = numba.carray(f32_at(z, pz + t * geo[Z, 2]), w)
+                    gzr = numba.carray(f32_at(g_z, pgz + t * geo[GZ, 2]), w)
+                    sig, yp = sigs[s], ypre[s]
+                    for c in range(w):
+                        sg = sig[c]
+                        gzr[c] = gor[c] * yp[c] * sg * (np.float32(1.0) + zr[c] * (np.float32(1.0) - sg))
+            for i in range(n):
+                for c in range(w):
+                    ga64[i, c] += ga[i, c]
+            for c in range(w):
+                gD64[c] += gD_c[c]
+                gbias64[c] += gbias_c[c]
+        for i in range(n):
+            for c in range(w):
+                g_A[batch, i, c0 + c] = ga64[i, c]
+        for c in range(w):
+            g_D[batch, c0 + c] = gD64[c]
+            g_bias[batch, c0 + c] = gbias64[c]
+
+    return forward_part, backward_part
 
 
-def _padded_states(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    """fp32 A (d, N), B and C as (b, g, l, N) (time-major, states last), zero-padded to N states, a multiple of
-    STATE_MULTIPLE: a padded state has A = B = 0, so it stays 0, and C = 0, so it adds nothing."""
-    pad = -A.shape[1] % STATE_MULTIPLE
-    B4, C4 = (x.unsqueeze(1) if x.dim() == 3 else x for x in (B, C))
-    Bt, Ct = (F.pad(x.detach().float().transpose(2, 3), (0, pad)).contiguous() for x in (B4, C4))
-    return F.pad(A.detach().float(), (0, pad)).contiguous(), Bt, Ct
+def _geometry(tensors: List[Optional[torch.Tensor]], seqlen: int, reverse: bool) -> np.ndarray:
+    """One row per tensor (b, l, ...): offset of scan step 0, batch stride, step stride, group stride."""
+    rows = []
+    for x in tensors:
+        if x is None:
+            rows.append((0, 0, 0, 0))
+            continue
+        step = x.stride(1)
+        rows.append(((seqlen - 1) * step if reverse else 0, x.stride(0), -step if reverse else step,
+                     x.stride(2) if x.dim() == 4 else 0))
+    return np.array(rows, np.int64)
 
 
-class _SelectiveScanCPU(torch.autograd.Function):
+def _array(x: Optional[torch.Tensor]) -> np.ndarray:
+    return EMPTY1 if x is None else flat(x)[0]
+
+
+def _part_tasks(b: int, d: int, groups: int, width: int) -> List[Tuple[int, int, int, int]]:
+    """(batch, first channel, count, group) for every part of every group; no part crosses a group."""
+    per_group = d // groups
+    return [(i, g * per_group + c0, w, g) for i in range(b) for g in range(groups) for c0, w in parts(per_group, width)]
+
+
+def _states_padded(n: int) -> int:
+    return -(-n // STATE_MULTIPLE) * STATE_MULTIPLE
+
+
+class _SelectiveScanTokens(torch.autograd.Function):
+    """u, delta, z: (b, l, d) and B, C: (b, l, g, n), float32 with unit channel stride; y: (b, l, d)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        b, d, seqlen = u.shape
-        A32, Bt, Ct = _padded_states(A, B, C)
-        u32, delta32 = f32(u), f32(delta)
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+        b, seqlen, d = u.shape
+        groups, n = B.shape[2], B.shape[3]
+        A_t = A.detach().float().t().contiguous()  # (n, d): a row of channels per state
+        bias = u.new_zeros(d) if delta_bias is None else delta_bias.detach().float().contiguous()
+        D32 = None if D is None else D.detach().float().contiguous()
         save = any(ctx.needs_input_grad)
-        nblocks = math.ceil(seqlen / CHECKPOINT_STEPS)
-        hc = u32.new_empty((b, d, nblocks, A32.shape[1]) if save else (0, 0, 0, 0))
-        y = torch.empty_like(u32)
-        arrays = (arr(u32), arr(delta32), arr(f32(delta_bias), EMPTY1), arr(A32), arr(Bt), arr(Ct),
-                  arr(f32(D), EMPTY1), arr(f32(z), EMPTY3), arr(y), arr(hc))
-        forward_lanes, _ = _kernels(A32.shape[1])
-        run_tasks([(*arrays, i, c0, c1, d // Bt.shape[1], delta_softplus, save) for i, c0, c1, _ in lane_tasks(b, d)],
-                  forward_lanes)
-        if save:  # the padded fp32 A, B, C too: the backward reads them as the forward did
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hc, A32, Bt, Ct)
-            ctx.delta_softplus = delta_softplus
-        return y.to(u.dtype)
+        nchunks = math.ceil(seqlen / CHECKPOINT_STEPS)
+        hc = u.new_empty(b, nchunks, n, d) if save else None
+        y = u.new_empty(b, seqlen, d)
+        geo = _geometry([u, delta, z, B, C, y], seqlen, reverse)
+        arrays = (_array(u), _array(delta), _array(z), _array(B), _array(C), _array(y), _array(hc), geo,
+                  _array(A_t.view(-1)), _array(bias), _array(D32))
+        forward_part, _ = _kernels(_states_padded(n))
+        run_tasks([(*arrays, i, c0, w, g, n, seqlen, delta_softplus, save)
+                   for i, c0, w, g in _part_tasks(b, d, groups, FORWARD_WIDTH)], forward_part)
+        if save:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hc)
+            ctx.options = (delta_softplus, reverse)
+        return y
 
     @staticmethod
     def backward(ctx, gout):
-        u, delta, A, B, C, D, z, delta_bias, hc, A32, Bt, Ct = ctx.saved_tensors
-        b, d, seqlen = u.shape
-        n = A.shape[1]
-        groups, padded = Bt.shape[1], A32.shape[1]
-        u32 = f32(u)
-        tasks = lane_tasks(b, d, max_parts=max(1, BACKWARD_PARTIAL_ELEMENTS // (b * groups * seqlen * padded)))
-        parts = max(task[3] for task in tasks) + 1
-        g_u, g_delta = torch.empty_like(u32), torch.empty_like(u32)
-        g_z = torch.empty_like(u32) if z is not None else None
-        g_A, g_D, g_bias = u32.new_empty(b, d, padded), u32.new_empty(b, d), u32.new_empty(b, d)
-        g_Bp = u32.new_zeros(b, parts, groups, seqlen, padded)
-        g_Cp = u32.new_zeros(b, parts, groups, seqlen, padded)
-        arrays = (arr(u32), arr(f32(delta)), arr(f32(delta_bias), EMPTY1), arr(A32), arr(Bt), arr(Ct),
-                  arr(f32(D), EMPTY1), arr(f32(z), EMPTY3), arr(f32(gout)), arr(hc), arr(g_u), arr(g_delta),
-                  arr(g_z, EMPTY3), arr(g_A), arr(g_D), arr(g_bias), arr(g_Bp), arr(g_Cp))
-        _, backward_lanes = _kernels(padded)
-        run_tasks([(*arrays, i, c0, c1, p, d // groups, ctx.delta_softplus) for i, c0, c1, p in tasks], backward_lanes)
+        u, delta, A, B, C, D, z, delta_bias, hc = ctx.saved_tensors
+        delta_softplus, reverse = ctx.options
+        b, seqlen, d = u.shape
+        groups, n = B.shape[2], B.shape[3]
+        gout = token_major(gout)
+        A_t = A.detach().float().t().contiguous()
+        bias = u.new_zeros(d) if delta_bias is None else delta_bias.detach().float().contiguous()
+        D32 = None if D is None else D.detach().float().contiguous()
+        tasks = _part_tasks(b, d, groups, BACKWARD_WIDTH)
+        g_u, g_delta = u.new_empty(b, seqlen, d), u.new_empty(b, seqlen, d)
+        g_z = None if z is None else u.new_empty(b, seqlen, d)
+        g_Bp = u.new_empty(len(tasks) // b, b, seqlen, n)  # one slice per part: its sum over its channels
+        g_Cp = u.new_empty(len(tasks) // b, b, seqlen, n)
+        g_A = torch.empty(b, n, d, dtype=torch.float64)
+        g_D, g_bias = torch.empty(b, d, dtype=torch.float64), torch.empty(b, d, dtype=torch.float64)
+        geo = _geometry([u, delta, z, B, C, None, gout, g_u, g_delta, g_z, g_Bp[0].unsqueeze(2), g_Cp[0].unsqueeze(2)],
+                        seqlen, reverse)
+        common = (_array(u), _array(delta), _array(z), _array(B), _array(C), _array(gout), _array(hc), _array(g_u),
+                  _array(g_delta), _array(g_z))
+        tail = (geo, _array(A_t.view(-1)), _array(bias), _array(D32), g_A.numpy(), g_D.numpy(), g_bias.numpy())
+        per_batch = len(tasks) // b
+        _, backward_part = _kernels(_states_padded(n))
+        run_tasks([(*common, _array(g_Bp[k % per_batch]), _array(g_Cp[k % per_batch]), *tail, i, c0, w, g, n, seqlen,
+                    delta_softplus) for k, (i, c0, w, g) in enumerate(tasks)], backward_part)
 
-        g_B = g_Bp.sum(1)[..., :n].transpose(2, 3)  # (b, g, l, N) -> (b, g, n, l)
-        g_C = g_Cp.sum(1)[..., :n].transpose(2, 3)
-        g_B = g_B.squeeze(1) if B.dim() == 3 else g_B
-        g_C = g_C.squeeze(1) if C.dim() == 3 else g_C
-        return (g_u.to(u.dtype), g_delta.to(delta.dtype), g_A.sum(0)[:, :n].to(A.dtype), g_B.to(B.dtype),
-                g_C.to(C.dtype), None if D is None else g_D.sum(0).to(D.dtype), None if z is None else g_z.to(z.dtype),
-                None if delta_bias is None else g_bias.sum(0).to(delta_bias.dtype), None)
+        g_B, g_C = (_sum_parts(x, tasks[:per_batch], groups) for x in (g_Bp, g_Cp))
+        return (g_u, g_delta, g_A.sum(0).t().to(A.dtype), g_B.to(B.dtype), g_C.to(C.dtype),
+                None if D is None else g_D.sum(0).to(D.dtype), g_z,
+                None if delta_bias is None else g_bias.sum(0).to(delta_bias.dtype), None, None)
+
+
+@numba.njit(nogil=True, error_model='numpy', cache=True)
+def _add_parts(partials, part_groups, out):
+    """out (b, l, g, n) = each group's parts of partials (P, b, l, n), added in part order."""
+    out[:] = 0.0
+    for p in range(partials.shape[0]):
+        g = part_groups[p]
+        for i in range(partials.shape[1]):
+            for t in range(partials.shape[2]):
+                o, q = out[i, t, g], partials[p, i, t]
+                for k in range(partials.shape[3]):
+                    o[k] += q[k]
+
+
+def _sum_parts(partials: torch.Tensor, tasks: List[Tuple[int, int, int, int]], groups: int) -> torch.Tensor:
+    """(parts, b, l, n) -> (b, l, g, n): each group's parts added in part order, the same at any thread count."""
+    p, b, seqlen, n = partials.shape
+    out = partials.new_empty(b, seqlen, groups, n)
+    _add_parts(partials.numpy(), np.array([g for _, _, _, g in tasks], np.int64), out.numpy())
+    return out
+
+
+def selective_scan_tokens_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                              C: torch.Tensor, D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
+                              delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
+                              reverse: bool = False) -> torch.Tensor:
+    """The numba scan on token-major tensors: u, delta, z (b, l, d); B, C (b, l, n) or (b, l, g, n); A (d, n);
+    D, delta_bias (d,). ``reverse``: scan from the last token to the first (the scan of the flipped sequence,
+    flipped back). Returns y (b, l, d), contiguous, in u's dtype. fp32 tensors with contiguous channels are read
+    in place whatever their other strides; anything else is converted first."""
+    checked_token_shapes(u, delta, A, B, C, D, z, delta_bias)
+    B4, C4 = (x.unsqueeze(2) if x.dim() == 3 else x for x in (B, C))
+    y = _SelectiveScanTokens.apply(token_major(u), token_major(delta), A, token_major(B4), token_major(C4), D,
+                                   None if z is None else token_major(z), delta_bias, delta_softplus, reverse)
+    return y.to(u.dtype)
 
 
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """The compiled CPU scan: ``selective_scan_torch``'s arguments, checks and results (to float rounding)."""
+    """The numba scan behind ``selective_scan`` (b, d, l): the token-major kernel on transposed copies, the
+    result contiguous (b, d, l) as the CUDA kernel returns it."""
     B, C = checked_b_c(u, delta, A, B, C, D, z, delta_bias)
-    return _SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    B4, C4 = (x.unsqueeze(1) if x.dim() == 3 else x for x in (B, C))  # (b, g, n, l)
+    y = selective_scan_tokens_cpu(u.transpose(1, 2), delta.transpose(1, 2), A, B4.permute(0, 3, 1, 2),
+                                  C4.permute(0, 3, 1, 2), D, None if z is None else z.transpose(1, 2), delta_bias,
+                                  delta_softplus)
+    return y.transpose(1, 2).contiguous()

@@ -62,3 +62,29 @@ def fp32_inputs(u, delta, A, B, C, delta_bias, delta_softplus):
     B = B.unsqueeze(1) if B.dim() == 3 else B
     C = C.unsqueeze(1) if C.dim() == 3 else C
     return u, delta_raw, dt, A.float(), B, C
+
+
+def checked_token_shapes(u, delta, A, B, C, D, z, delta_bias):
+    """The token-major scan's inputs: u, delta, z (b, l, d); B, C (b, l, n) or (b, l, g, n) with g dividing d;
+    A (d, n); D, delta_bias (d,). One line naming the tensor that does not fit; complex A refused."""
+    if A.is_complex():
+        raise NotImplementedError('selective_scan_tokens: real A only (complex A is not supported off the CUDA kernel)')
+    if u.dim() != 3:
+        raise ValueError(f'selective_scan_tokens: u must be (b, l, d), got {tuple(u.shape)}')
+    b, l, d = u.shape
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f'selective_scan_tokens: A must be (d, n) = ({d}, n), got {tuple(A.shape)}')
+    n = A.shape[1]
+    for name, x in (('delta', delta), ('z', z)):
+        if x is not None and tuple(x.shape) != (b, l, d):
+            raise ValueError(f'selective_scan_tokens: {name} must have the shape of u {(b, l, d)}, '
+                             f'got {tuple(x.shape)}')
+    for name, x in (('D', D), ('delta_bias', delta_bias)):
+        if x is not None and tuple(x.shape) != (d, ):
+            raise ValueError(f'selective_scan_tokens: {name} must be ({d},), got {tuple(x.shape)}')
+    for name, x in (('B', B), ('C', C)):
+        fits = ((x.dim() == 3 and tuple(x.shape) == (b, l, n))
+                or (x.dim() == 4 and tuple(x.shape[:2]) == (b, l) and x.shape[3] == n and d % x.shape[2] == 0))
+        if not fits:
+            raise ValueError(f'selective_scan_tokens: {name} must be ({b}, {l}, {n}) or ({b}, {l}, g, {n}) with g '
+                             f'dividing {d}; got {tuple(x.shape)}')

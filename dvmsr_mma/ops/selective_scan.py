@@ -16,9 +16,9 @@ import torch.nn.functional as F
 
 from .cuda_kernels import kernel_function
 from .dispatch import select
-from .scan_inputs import checked_b_c, fp32_inputs
+from .scan_inputs import checked_b_c, checked_token_shapes, fp32_inputs
 
-__all__ = ['selective_scan', 'selective_scan_torch', 'selective_scan_step_loop']
+__all__ = ['selective_scan', 'selective_scan_tokens', 'selective_scan_torch', 'selective_scan_step_loop']
 
 # Elements (t * b * d * k_group * n) of the states (and decays) the backward keeps for one group of chunks:
 # 64 MB each in fp32. Fewer, bigger steps: fwd+bwd at b=4, d=120, l=4096 on 2 CPU cores took 0.31 s with
@@ -283,3 +283,25 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         from .scan_graph import selective_scan_graph
         return selective_scan_graph(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+def selective_scan_tokens(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
+    """:func:`selective_scan` on token-major tensors, as the Mamba mixer holds them: u, delta, z (b, l, d); B, C
+    (b, l, n) or (b, l, g, n); A (d, n); D, delta_bias (d,). ``reverse``: the scan of the flipped sequence, flipped
+    back. Returns (b, l, d).
+
+    The numba path reads the tensors where they are, at any batch and time strides (see :mod:`.scan_cpu`); every
+    other path runs :func:`selective_scan` on (b, d, l) views of them (flipped copies for ``reverse``).
+    """
+    checked_token_shapes(u, delta, A, B, C, D, z, delta_bias)
+    if select('selective_scan', dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)) == 'numba':
+        from .scan_cpu import selective_scan_tokens_cpu
+        return selective_scan_tokens_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+
+    def channels_first(x):  # (b, l, ...) -> (b, ..., l), in scan order
+        x = x.flip(1) if reverse else x
+        return x.permute(0, *range(2, x.dim()), 1)
+
+    y = selective_scan(channels_first(u), channels_first(delta), A, channels_first(B), channels_first(C), D,
+                       None if z is None else channels_first(z), delta_bias, delta_softplus).transpose(1, 2)
+    return y.flip(1) if reverse else y

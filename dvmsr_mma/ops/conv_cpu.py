@@ -1,0 +1,202 @@
+"""Depthwise causal conv1d (+ SiLU) for CPU tensors, token-major, compiled at run time by numba.
+
+The mixer's conv input is the first half of xz (b, l, 2d), channels contiguous; this kernel reads it there and
+writes (b, l, d) as ``x_proj`` and the scan read it, with the SiLU in the same pass (oneDNN's depthwise conv
+wanted a (b, d, l) copy and ran 4x slower than this on DVMSR). ``reverse``: the conv of the flipped sequence,
+flipped back (it looks ahead instead of back), by stepping through time backwards.
+
+Tasks are blocks of :data:`BLOCK_STEPS` steps of one batch, every channel of a row at once, with no barrier
+between them. The weight and bias gradients are summed per block and the blocks added in order, so the results
+do not depend on the thread count.
+"""
+import functools
+from typing import Optional
+
+import numba
+import numpy as np
+import torch
+
+from .numba_runtime import EMPTY1, MATH_FLAGS, SOURCE_KEY, exp32, f32_at, flat, run_tasks, stack_f32, token_major
+
+__all__ = ['causal_conv1d_tokens_cpu']
+
+BLOCK_STEPS = 1024  # time steps per task
+ROW = 64  # channels per pass over a row (an accumulator row on the stack)
+FLUSH = 64  # steps the weight and bias gradients are summed over in fp32 before they go into float64
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    """The forward and backward block kernels, compiled once (cached on disk)."""
+    key = SOURCE_KEY  # a closure variable, so numba's disk cache follows numba_runtime.py (see there)
+    row, flush = ROW, FLUSH
+
+    @numba.njit(nogil=True, fastmath=MATH_FLAGS, error_model='numpy', cache=True)
+    def forward_block(x, y, gpre, gout, weight, bias, geo, batch, s0, s1, seqlen, d, width, silu, grad):
+        """Steps s0..s1 of one batch in scan order: pre = bias + sum_k w_k x_{s - width + 1 + k}; y = silu(pre)
+        (or pre); ``grad``: gpre = gout * silu'(pre) instead of y."""
+        assert key == SOURCE_KEY
+        acc = numba.carray(stack_f32(row), row)
+        px, py = geo[0, 0] + batch * geo[0, 1], geo[1, 0] + batch * geo[1, 1]
+        pgo = geo[2, 0] + batch * geo[2, 1]
+        has_bias = bias.shape[0] > 0
+        for s in range(s0, s1):
+            for c0 in range(0, d, row):
+                w = min(row, d - c0)
+                if has_bias:
+                    br = numba.carray(f32_at(bias, c0), w)
+                    for c in range(w):
+                        acc[c] = br[c]
+                else:
+                    for c in range(w):
+                        acc[c] = np.float32(0.0)
+                for k in range(width):
+                    sp = s - width + 1 + k
+                    if sp >= 0:
+                        xr = numba.carray(f32_at(x, px + sp * geo[0, 2] + c0), w)
+                        wr = numba.carray(f32_at(weight, k * d + c0), w)
+                        for c in range(w):
+                            acc[c] += wr[c] * xr[c]
+                if grad:
+                    gr = numba.carray(f32_at(gpre, (batch * seqlen + s) * d + c0), w)
+                    gor = numba.carray(f32_at(gout, pgo + s * geo[2, 2] + c0), w)
+                    if silu:
+                        for c in range(w):
+                            p = acc[c]
+                            sg = np.float32(1.0) / (np.float32(1.0) + exp32(-p))
+                            gr[c] = gor[c] * sg * (np.float32(1.0) + p * (np.float32(1.0) - sg))
+                    else:
+                        for c in range(w):
+                            gr[c] = gor[c]
+                else:
+                    yr = numba.carray(f32_at(y, py + s * geo[1, 2] + c0), w)
+                    if silu:
+                        for c in range(w):
+                            yr[c] = acc[c] / (np.float32(1.0) + exp32(-acc[c]))
+                    else:
+                        for c in range(w):
+                            yr[c] = acc[c]
+
+    @numba.njit(nogil=True, fastmath=MATH_FLAGS, error_model='numpy', cache=True)
+    def backward_block(x, gpre, g_x, weight, g_w, g_b, geo, task, batch, s0, s1, seqlen, d, width):
+        """Steps s0..s1 of one batch: g_x_s = sum_k w_k gpre_{s + width - 1 - k}; this block's sums of
+        gpre_s x_{s - width + 1 + k} into g_w[task] (width, d) and of gpre into g_b[task], in float64 (fp32 over
+        runs of FLUSH steps)."""
+        assert key == SOURCE_KEY
+        acc = numba.carray(stack_f32(row), row)
+        gw32 = np.empty((width, row), np.float32)
+        gb32 = numba.carray(stack_f32(row), row)
+        gw64, gb64 = np.empty((width, row), np.float64), np.empty(row, np.float64)
+        px, pgx = geo[0, 0] + batch * geo[0, 1], geo[3, 0] + batch * geo[3, 1]
+        for c0 in range(0, d, row):
+            w = min(row, d - c0)
+            gw64[:] = 0.0
+            gb64[:] = 0.0
+            gw32[:] = np.float32(0.0)
+            gb32[:] = np.float32(0.0)
+            for s in range(s0, s1):
+                gr = numba.carray(f32_at(gpre, (batch * seqlen + s) * d + c0), w)
+                for c in range(w):
+                    acc[c] = np.float32(0.0)
+                    gb32[c] += gr[c]
+                for k in range(width):
+                    sn = s + width - 1 - k  # the output step that input step s feeds through w_k
+                    if sn < seqlen:
+                        gn = numba.carray(f32_at(gpre, (batch * seqlen + sn) * d + c0), w)
+                        wr = numba.carray(f32_at(weight, k * d + c0), w)
+                        for c in range(w):
+                            acc[c] += wr[c] * gn[c]
+                    sp = s - width + 1 + k
+                    if sp >= 0:
+                        xr = numba.carray(f32_at(x, px + sp * geo[0, 2] + c0), w)
+                        gwk = gw32[k]
+                        for c in range(w):
+                            gwk[c] += gr[c] * xr[c]
+                gxr = numba.carray(f32_at(g_x, pgx + s * geo[3, 2] + c0), w)
+                for c in range(w):
+                    gxr[c] = acc[c]
+                if (s - s0) % flush == flush - 1 or s == s1 - 1:
+                    for k in range(width):
+                        for c in range(w):
+                            gw64[k, c] += gw32[k, c]
+                            gw32[k, c] = np.float32(0.0)
+                    for c in range(w):
+                        gb64[c] += gb32[c]
+                        gb32[c] = np.float32(0.0)
+            for k in range(width):
+                for c in range(w):
+                    g_w[task, k * d + c0 + c] = gw64[k, c]
+            for c in range(w):
+                g_b[task, c0 + c] = gb64[c]
+
+    return forward_block, backward_block
+
+
+def _geometry(tensors, seqlen: int, reverse: bool) -> np.ndarray:
+    rows = []
+    for x in tensors:
+        if x is None:
+            rows.append((0, 0, 0))
+            continue
+        step = x.stride(1)
+        rows.append(((seqlen - 1) * step if reverse else 0, x.stride(0), -step if reverse else step))
+    return np.array(rows, np.int64)
+
+
+def _blocks(b: int, seqlen: int):
+    return [(i, s0, min(seqlen, s0 + BLOCK_STEPS)) for i in range(b) for s0 in range(0, seqlen, BLOCK_STEPS)]
+
+
+class _CausalConv1dTokens(torch.autograd.Function):
+    """x: (b, l, d) float32 with unit channel stride; weight (d, width); bias (d,) or None; y: (b, l, d)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu, reverse):
+        b, seqlen, d = x.shape
+        width = weight.shape[1]
+        w_t = weight.detach().float().t().contiguous()  # (width, d): a row of channels per tap
+        bias32 = EMPTY1 if bias is None else bias.detach().float().contiguous().numpy()
+        y = x.new_empty(b, seqlen, d)
+        forward_block, _ = _kernels()
+        arrays = (flat(x)[0], flat(y)[0], EMPTY1, EMPTY1, w_t.view(-1).numpy(), bias32,
+                  _geometry([x, y, None], seqlen, reverse))
+        run_tasks([(*arrays, i, s0, s1, seqlen, d, width, silu, False) for i, s0, s1 in _blocks(b, seqlen)],
+                  forward_block)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.options = (silu, reverse)
+        return y
+
+    @staticmethod
+    def backward(ctx, gout):
+        x, weight, bias = ctx.saved_tensors
+        silu, reverse = ctx.options
+        b, seqlen, d = x.shape
+        width = weight.shape[1]
+        gout = token_major(gout)
+        w_t = weight.detach().float().t().contiguous()
+        bias32 = EMPTY1 if bias is None else bias.detach().float().contiguous().numpy()
+        gpre = x.new_empty(b, seqlen, d)  # d loss / d pre-activation, in scan order
+        g_x = x.new_empty(b, seqlen, d)
+        blocks = _blocks(b, seqlen)
+        g_w = np.empty((len(blocks), width * d), np.float64)
+        g_b = np.empty((len(blocks), d), np.float64)
+        geo = _geometry([x, None, gout, g_x], seqlen, reverse)
+        forward_block, backward_block = _kernels()
+        run_tasks([(flat(x)[0], EMPTY1, gpre.view(-1).numpy(), flat(gout)[0], w_t.view(-1).numpy(), bias32, geo, i,
+                    s0, s1, seqlen, d, width, silu, True) for i, s0, s1 in blocks], forward_block)
+        run_tasks([(flat(x)[0], gpre.view(-1).numpy(), flat(g_x)[0], w_t.view(-1).numpy(), g_w, g_b, geo, k, i, s0, s1,
+                    seqlen, d, width) for k, (i, s0, s1) in enumerate(blocks)], backward_block)
+        # block sums added in block order (numpy adds along the first axis row by row)
+        g_weight = torch.from_numpy(g_w.sum(0).reshape(width, d)).t().to(weight.dtype)
+        g_bias = None if bias is None else torch.from_numpy(g_b.sum(0)).to(bias.dtype)
+        return g_x, g_weight, g_bias, None, None
+
+
+def causal_conv1d_tokens_cpu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                             activation: Optional[str] = None, reverse: bool = False) -> torch.Tensor:
+    """The numba conv on token-major x (b, l, d): weight (d, width), bias (d,), activation None, 'silu' or
+    'swish'. ``reverse``: the conv of the flipped sequence, flipped back. Returns (b, l, d), contiguous, in x's
+    dtype; fp32 x with contiguous channels is read in place, anything else converted first."""
+    y = _CausalConv1dTokens.apply(token_major(x), weight, bias, activation is not None, reverse)
+    return y.to(x.dtype)
+
