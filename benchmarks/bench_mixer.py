@@ -3,7 +3,8 @@
     python benchmarks/bench_mixer.py [--baseline 9cc0b7e] [--rounds 3] [--quick]
 
 Every case runs in fresh child processes, the baseline (the package of ``--baseline``, from ``git archive``) and
-this checkout taking turns ``--rounds`` times; each child times a few warm runs and the best time of all is kept.
+this checkout back to back in each of ``--rounds`` rounds; each child times a few warm runs and keeps its best. The
+speedup printed is the median over rounds of the paired ratio (see :func:`compare`).
 Threads: torch's default (one per core), as a ``basicsr`` command has them.
 
 * DVMSR x4 (released size) forward on a 256x256 LR image, MMA-T x2 forward on 128x128, no grad;
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -129,14 +131,21 @@ class BusyLoops:
 
 
 def compare(title, roots, case, rounds, repeats):
-    """Best time per root over ``rounds`` alternating children; prints the ratio baseline / current."""
+    """Each round runs every root's child back to back; prints each side's best time and, the headline, the median
+    over rounds of the round's baseline / current ratio (the machine's speed drifts over minutes: a ratio of two
+    runs a few seconds apart follows it, a ratio of two best-ofs taken minutes apart need not)."""
     best = {name: float('inf') for name in roots}
+    ratios = []
     for _ in range(rounds):
-        for name, root in roots.items():
-            best[name] = min(best[name], min(run_child(root, case, repeats)))
+        times = {name: min(run_child(root, case, repeats)) for name, root in roots.items()}
+        best = {name: min(best[name], t) for name, t in times.items()}
+        if 'baseline' in times:
+            ratios.append(times['baseline'] / times['current'])
     line = '  '.join(f'{name} {t:.3f} s' for name, t in best.items())
-    if 'baseline' in best:
-        line += f'  -> {best["baseline"] / best["current"]:.2f}x faster'
+    if ratios:
+        ratios.sort()
+        line += (f'  -> {statistics.median(ratios):.2f}x faster (median of {len(ratios)} paired rounds, '
+                 f'{ratios[0]:.2f}x-{ratios[-1]:.2f}x)')
     print(f'{title}: {line}', flush=True)
 
 
@@ -155,7 +164,7 @@ def cli_time(env=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--baseline', default=BASELINE, help=f'commit to compare against (default {BASELINE})')
-    parser.add_argument('--rounds', type=int, default=3, help='children per side and case, alternating')
+    parser.add_argument('--rounds', type=int, default=5, help='rounds per case (one child per side each)')
     parser.add_argument('--quick', action='store_true', help='one round, and no load cases')
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds

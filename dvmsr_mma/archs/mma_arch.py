@@ -170,12 +170,12 @@ class MMA(nn.Module):
         """Image (b, 3, h, w) in [0, 1] -> deep features (b, num_feat, h, w) before the upsampler:
         conv_after_body(body(conv_first(x))) + conv_first(x)."""
         x = (x - self.mean.to(x.dtype)) * self.img_range
-        feat = self.conv_first(x)
+        feat = self.conv_first(x.contiguous(memory_format=torch.channels_last))
         return self.conv_after_body(self.forward_body(feat)) + feat
 
     def forward(self, x):
         x = self.conv_last(self.upsample(self.forward_features(x)))
-        return x / self.img_range + self.mean.to(x.dtype)
+        return (x / self.img_range + self.mean.to(x.dtype)).contiguous()
 
 
 def _lists_mma_arguments(preset):

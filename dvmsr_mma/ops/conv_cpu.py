@@ -16,20 +16,32 @@ import numba
 import numpy as np
 import torch
 
-from .numba_runtime import EMPTY1, MATH_FLAGS, SOURCE_KEY, exp32, f32_at, flat, run_tasks, stack_f32, token_major
+from .numba_runtime import (
+    EMPTY1,
+    MATH_FLAGS,
+    SOURCE_KEY,
+    exp32,
+    f32_at,
+    flat,
+    prefetch_row,
+    run_tasks,
+    stack_f32,
+    token_major,
+)
 
 __all__ = ['causal_conv1d_tokens_cpu']
 
 BLOCK_STEPS = 1024  # time steps per task
 ROW = 64  # channels per pass over a row (an accumulator row on the stack)
 FLUSH = 64  # steps the weight and bias gradients are summed over in fp32 before they go into float64
+AHEAD = 16  # steps: input rows are prefetched this far ahead (see numba_runtime.prefetch)
 
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
     """The forward and backward block kernels, compiled once (cached on disk)."""
     key = SOURCE_KEY  # a closure variable, so numba's disk cache follows numba_runtime.py (see there)
-    row, flush = ROW, FLUSH
+    row, flush, ahead = ROW, FLUSH, AHEAD
 
     @numba.njit(nogil=True, fastmath=MATH_FLAGS, error_model='numpy', cache=True)
     def forward_block(x, y, gpre, gout, weight, bias, geo, batch, s0, s1, seqlen, d, width, silu, grad):
@@ -41,6 +53,10 @@ def _kernels():
         pgo = geo[2, 0] + batch * geo[2, 1]
         has_bias = bias.shape[0] > 0
         for s in range(s0, s1):
+            if s + ahead < seqlen:
+                prefetch_row(x, px + (s + ahead) * geo[0, 2], d)
+                if grad:
+                    prefetch_row(gout, pgo + (s + ahead) * geo[2, 2], d)
             for c0 in range(0, d, row):
                 w = min(row, d - c0)
                 if has_bias:
@@ -95,6 +111,8 @@ def _kernels():
             gw32[:] = np.float32(0.0)
             gb32[:] = np.float32(0.0)
             for s in range(s0, s1):
+                if s + ahead < seqlen:
+                    prefetch_row(x, px + (s + ahead) * geo[0, 2] + c0, w)
                 gr = numba.carray(f32_at(gpre, (batch * seqlen + s) * d + c0), w)
                 for c in range(w):
                     acc[c] = np.float32(0.0)

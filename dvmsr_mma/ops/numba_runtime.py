@@ -78,6 +78,33 @@ def f32_at(typingctx, array, offset):
     return types.CPointer(types.float32)(array, offset), codegen
 
 
+@intrinsic
+def prefetch(typingctx, array, offset):
+    """Ask the CPU to bring element ``offset`` of a 1-D float32 array into cache (``llvm.prefetch``: a read, kept
+    close); no effect on results. The kernels fetch rows a few steps ahead: a reverse scan walks memory downwards,
+    which hardware prefetchers follow badly (a reversed pass over MMA-T's rows ran 4x slower without it)."""
+    if not (isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        pointer = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [pointer.type, i32, i32, i32])
+        fn = builder.module.declare_intrinsic('llvm.prefetch', [pointer.type], fnty)  # mangled for the pointer type
+        builder.call(fn, [pointer, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, offset), codegen
+
+
+@numba.njit(cache=True)
+def prefetch_row(array, offset, count):
+    """:func:`prefetch` for ``count`` floats from ``offset``: one hint per 64-byte line."""
+    for k in range(0, count, 16):
+        prefetch(array, offset + k)
+
+
 @numba.njit(fastmath=MATH_FLAGS, error_model='numpy', cache=True)
 def exp32(x):
     """float32 exp in a form the compiler vectorizes: x = k ln2 + r with |r| <= ln2 / 2, e^r by Cephes' expf

@@ -36,6 +36,7 @@ from .numba_runtime import (
     flat,
     log1p_small,
     parts,
+    prefetch_row,
     run_tasks,
     stack_f32,
     token_major,
@@ -48,6 +49,7 @@ CHECKPOINT_STEPS = 32  # the forward keeps the state before every 32 steps for t
 STATE_MULTIPLE = 16  # scratch rows are sized for the states rounded up to this (one compiled kernel for n <= 16)
 FORWARD_WIDTH = 64  # channels per forward task: whole rows of DVMSR's 120 and MMA-T's 96 channels in 2 tasks
 BACKWARD_WIDTH = 32  # per backward task: its chunk of states and decays (33 + 32 rows of n x 32) stays in L2
+AHEAD = 16  # steps: rows are prefetched this far ahead in scan order (see numba_runtime.prefetch)
 
 # geometry rows, one per tensor the kernels read or write: (offset of step 0, batch stride, step stride, group
 # stride); a reverse scan starts at the last time step and steps back
@@ -101,7 +103,7 @@ def _kernels(npad: int) -> Tuple[Callable, Callable]:
     be compile-time constants, and where the compiler knows no argument aliases it, so its loops vectorize.
     Compiled once per ``npad``, cached on disk."""
     key = SOURCE_KEY
-    fw, bw, K = FORWARD_WIDTH, BACKWARD_WIDTH, CHECKPOINT_STEPS
+    fw, bw, K, ahead = FORWARD_WIDTH, BACKWARD_WIDTH, CHECKPOINT_STEPS, AHEAD
     f_states, b_states, b_chunk = npad * fw, npad * bw, K * bw
     b_chunk_states, b_chunk_decays = (K + 1) * npad * bw, K * npad * bw
 
@@ -132,6 +134,14 @@ def _kernels(npad: int) -> Tuple[Callable, Callable]:
         pb = geo[B_, 0] + batch * geo[B_, 1] + group * geo[B_, 3]
         pc = geo[C_, 0] + batch * geo[C_, 1] + group * geo[C_, 3]
         for s in range(seqlen):
+            if s + ahead < seqlen:
+                sa = s + ahead
+                prefetch_row(u, pu + sa * geo[U, 2], w)
+                prefetch_row(delta, pd + sa * geo[DELTA, 2], w)
+                prefetch_row(Bm, pb + sa * geo[B_, 2], n)
+                prefetch_row(Cm, pc + sa * geo[C_, 2], n)
+                if has_z:
+                    prefetch_row(z, pz + sa * geo[Z, 2], w)
             if save and s % K == 0:
                 base = ((batch * nchunks + s // K) * n) * d + c0
                 for i in range(n):
@@ -218,6 +228,15 @@ def _kernels(npad: int) -> Tuple[Callable, Callable]:
                     hs[0, i, c] = hrow[c]
             for s in range(steps):  # the chunk's states again, and what the reverse pass reads per step
                 t = t0 + s
+                if t >= K:  # the same step of the chunk done next
+                    tp = t - K
+                    prefetch_row(u, pu + tp * geo[U, 2], w)
+                    prefetch_row(delta, pd + tp * geo[DELTA, 2], w)
+                    prefetch_row(gout, pgo + tp * geo[GOUT, 2], w)
+                    prefetch_row(Bm, pb + tp * geo[B_, 2], n)
+                    prefetch_row(Cm, pc + tp * geo[C_, 2], n)
+                    if has_z:
+                        prefetch_row(z, pz + tp * geo[Z, 2], w)
                 ur = numba.carray(f32_at(u, pu + t * geo[U, 2]), w)
                 br = numba.carray(f32_at(Bm, pb + t * geo[B_, 2]), n)
                 cr = numba.carray(f32_at(Cm, pc + t * geo[C_, 2]), n)
