@@ -33,7 +33,7 @@ from dvmsr_mma.ops import force_torch_ops, selective_scan  # noqa: E402
 from dvmsr_mma.ops.dispatch import probe  # noqa: E402
 
 LANDED = 'a331bce'
-scan_mod = sys.modules['dvmsr_mma.ops.selective_scan']
+scan_mod = sys.modules['dvmsr_mma.ops.scan_torch']
 
 
 def landed_scan():

@@ -112,7 +112,7 @@ def scan_table(found):
 
 def conv_table():
     print('\n== causal depthwise conv1d (k 4, SiLU), F.conv1d against the causal-conv1d kernel ==')
-    from dvmsr_mma.ops.causal_conv1d import causal_conv1d
+    from dvmsr_mma.ops import causal_conv1d
     x = torch.randn(1, 240, 65536, device='cuda')
     w, bias = torch.randn(240, 4, device='cuda'), torch.randn(240, device='cuda')
     times = {}

@@ -10,8 +10,8 @@ import torch
 
 from dvmsr_mma.archs.mamba_block import Mamba
 from dvmsr_mma.ops import causal_conv1d, cuda_kernels, dispatch, selective_scan
-from dvmsr_mma.ops.causal_conv1d import causal_conv1d_torch
-from dvmsr_mma.ops.selective_scan import selective_scan_torch
+from dvmsr_mma.ops.conv_torch import causal_conv1d_torch
+from dvmsr_mma.ops.scan_torch import selective_scan_torch
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import torch
 
 from dvmsr_mma.ops import cuda_kernels, force_torch_ops, selective_scan
 
-scan_mod = sys.modules['dvmsr_mma.ops.selective_scan']  # the package attribute of that name is the function
+scan_mod = sys.modules['dvmsr_mma.ops.scan_torch']
 
 
 def reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):

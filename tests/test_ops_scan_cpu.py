@@ -14,7 +14,7 @@ from dvmsr_mma.ops import force_torch_ops, selective_scan
 numba = pytest.importorskip('numba', reason='the numba CPU scan is optional (pip install numba)')
 scan_cpu = pytest.importorskip('dvmsr_mma.ops.scan_cpu')
 numba_runtime = sys.modules['dvmsr_mma.ops.numba_runtime']
-scan_mod = sys.modules['dvmsr_mma.ops.selective_scan']
+scan_mod = sys.modules['dvmsr_mma.ops.scan_torch']
 
 
 def check_against_reference(inputs, softplus):

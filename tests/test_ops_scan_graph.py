@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dvmsr_mma.ops.scan_graph import CHUNK, selective_scan_graph
-from dvmsr_mma.ops.selective_scan import selective_scan_torch
+from dvmsr_mma.ops.scan_torch import selective_scan_torch
 
 
 def inputs(length, b=2, d=6, n=4, layout='time-varying', seed=0, dtype=torch.float32):

@@ -7,6 +7,9 @@ passed over for a reason is named in the one INFO line logged per op, path and r
 cannot run is one :class:`~dvmsr_mma.errors.OptionError` line with its reason; forcing a path an op does not
 have (the conv has no Triton or graph version) runs that op's PyTorch path.
 
+The entry points are here too (:func:`selective_scan`, :func:`causal_conv1d` and their token-major forms): each asks
+:func:`select` and calls the chosen implementation, a module that imports nothing from this one.
+
 Forcing, innermost first: :func:`ops_path` (a context manager, e.g. ``ops_path('graph')`` for ONNX export),
 :func:`force_torch_ops`, ``DVMSR_MMA_FORCE_TORCH_OPS=1``, ``DVMSR_MMA_OPS=kernel|triton|numba|torch``.
 
@@ -22,9 +25,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
+import torch
+
 from dvmsr_mma.errors import OptionError
 
-from . import cuda_kernels
+from . import conv_torch, cuda_kernels, scan_torch
+from .scan_inputs import checked_token_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -239,3 +245,108 @@ def token_major(x: Any) -> bool:
         if path.auto and (path.devices is None or device in path.devices()):
             return path.name == 'numba' and path.why_not({'u': x}, False) is None
     return False
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False):
+    """Selective scan with ``mamba_ssm``'s ``selective_scan_fn`` signature. u, delta, z: (b, d, l); A: (d, n);
+    B, C: (b, n, l), (b, g, n, l) or time-invariant (d, n); D, delta_bias: (d,).
+
+    Returns (b, d, l) in u's dtype. CUDA tensors run ``selective_scan_cuda`` (through ``mamba_ssm``) when it
+    imports and accepts them (:mod:`.cuda_kernels`), else the Triton scan (:mod:`.scan_triton`); CPU tensors the
+    numba scan (:mod:`.scan_cpu`) when numba imports; the exact PyTorch path (:mod:`.scan_torch`) otherwise or
+    when forced.
+    ``return_last_state`` (for step-by-step decoding) is not supported.
+    """
+    if return_last_state:
+        raise NotImplementedError('selective_scan: return_last_state is not supported (a streaming feature of '
+                                  'mamba_ssm that super-resolution does not use)')
+    path = select('selective_scan', dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias))
+    if path == 'kernel':
+        selective_scan_fn = cuda_kernels.kernel_function('selective_scan')
+        return selective_scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    if path == 'triton':
+        from .scan_triton import selective_scan_triton
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if path == 'numba':
+        from .scan_cpu import selective_scan_cpu
+        return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if path == 'graph':
+        from .scan_graph import selective_scan_graph
+        return selective_scan_graph(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return scan_torch.selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+def selective_scan_tokens(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
+    """:func:`selective_scan` on token-major tensors, as the Mamba mixer holds them: u, delta, z (b, l, d); B, C
+    (b, l, n) or (b, l, g, n); A (d, n); D, delta_bias (d,). ``reverse``: the scan of the flipped sequence, flipped
+    back. Returns (b, l, d).
+
+    The numba path reads the tensors where they are, at any batch and time strides (see :mod:`.scan_cpu`); every
+    other path runs :func:`selective_scan` on (b, d, l) views of them (flipped copies for ``reverse``).
+    """
+    checked_token_shapes(u, delta, A, B, C, D, z, delta_bias)
+    if select('selective_scan', dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)) == 'numba':
+        from .scan_cpu import selective_scan_tokens_cpu
+        return selective_scan_tokens_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+
+    def channels_first(x):  # (b, l, ...) -> (b, ..., l), in scan order
+        x = x.flip(1) if reverse else x
+        return x.permute(0, *range(2, x.dim()), 1)
+
+    y = selective_scan(channels_first(u), channels_first(delta), A, channels_first(B), channels_first(C), D,
+                       None if z is None else channels_first(z), delta_bias, delta_softplus).transpose(1, 2)
+    return y.flip(1) if reverse else y
+
+
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, seq_idx=None,
+                  initial_states=None, return_final_states: bool = False, final_states_out=None,
+                  activation: Optional[str] = None) -> torch.Tensor:
+    """Causal depthwise conv1d with the signature of ``causal_conv1d.causal_conv1d_fn``. x: (b, d, l), weight: (d, w),
+    bias: (d,), activation: None, 'silu' or 'swish'.
+
+    The signature is upstream's (causal-conv1d 1.2 to 1.6): ``seq_idx``, ``initial_states``, ``return_final_states``
+    and ``final_states_out`` sit between ``bias`` and ``activation``, so positional callers of upstream work here
+    too, and the kernel is called with every option by keyword. Those four are streaming / packed-sequence features
+    that super-resolution does not use; they are refused with one line rather than half supported.
+
+    Runs ``causal_conv1d_cuda`` for CUDA tensors it accepts (see :mod:`.cuda_kernels`), the numba kernel for CPU
+    tensors (on a (b, l, d) copy: see :func:`causal_conv1d_tokens`), else PyTorch. ``seq_idx``, ``initial_states``,
+    ``return_final_states`` and ``final_states_out`` are not supported.
+    """
+    streaming = {'seq_idx': seq_idx, 'initial_states': initial_states, 'final_states_out': final_states_out,
+                 'return_final_states': return_final_states or None}
+    for name, value in streaming.items():
+        if value is not None:
+            raise NotImplementedError(f'causal_conv1d: {name} is not supported (a streaming / packed-sequence '
+                                      'feature of causal-conv1d that super-resolution does not use)')
+    if activation not in conv_torch.ACTIVATIONS:
+        raise NotImplementedError('activation must be None, "silu" or "swish"')
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        raise ValueError(f'causal_conv1d: x must be (b, d, l) and weight (d, w), got x {tuple(x.shape)} and '
+                         f'weight {tuple(weight.shape)}')
+    path = select('causal_conv1d', dict(x=x, weight=weight, bias=bias))
+    if path == 'kernel':
+        return cuda_kernels.kernel_function('causal_conv1d')(x, weight, bias=bias, activation=activation)
+    if path == 'numba':
+        from .conv_cpu import causal_conv1d_tokens_cpu
+        return causal_conv1d_tokens_cpu(x.transpose(1, 2), weight, bias, activation).transpose(1, 2).contiguous()
+    return conv_torch.causal_conv1d_torch(x, weight, bias, activation)
+
+
+def causal_conv1d_tokens(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                         activation: Optional[str] = None, reverse: bool = False) -> torch.Tensor:
+    """:func:`causal_conv1d` on token-major x (b, l, d), as the Mamba mixer holds it; ``reverse``: the conv of the
+    flipped sequence, flipped back. Returns (b, l, d). The numba path reads x where it is (see :mod:`.conv_cpu`);
+    every other path runs :func:`causal_conv1d` on a (b, d, l) view (a flipped copy for ``reverse``)."""
+    if activation not in conv_torch.ACTIVATIONS:
+        raise NotImplementedError('activation must be None, "silu" or "swish"')
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[2]:
+        raise ValueError(f'causal_conv1d_tokens: x must be (b, l, d) and weight (d, w), got x {tuple(x.shape)} and '
+                         f'weight {tuple(weight.shape)}')
+    if select('causal_conv1d', dict(x=x, weight=weight, bias=bias)) == 'numba':
+        from .conv_cpu import causal_conv1d_tokens_cpu
+        return causal_conv1d_tokens_cpu(x, weight, bias, activation, reverse)
+    x = x.flip(1) if reverse else x
+    y = causal_conv1d(x.transpose(1, 2), weight, bias, activation=activation).transpose(1, 2)
+    return y.flip(1) if reverse else y

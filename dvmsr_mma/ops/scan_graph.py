@@ -41,7 +41,7 @@ def _chunk_carry(carry, xs):
 
 
 def selective_scan_graph(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """:func:`~dvmsr_mma.ops.selective_scan.selective_scan_torch`'s semantics (same arguments and shapes; returns
+    """:func:`~dvmsr_mma.ops.scan_torch.selective_scan_torch`'s semantics (same arguments and shapes; returns
     (b, d, l) in u's dtype) in a graph whose size does not depend on l (see the module docstring)."""
     from torch._higher_order_ops.scan import scan  # recent torch only: imported when a dynamic graph is traced
     dtype_in = u.dtype

@@ -1,6 +1,6 @@
-"""Selective scan with the semantics of ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``.
+"""The PyTorch selective scan: the semantics of ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``.
 
-The PyTorch path is exact (the same recurrence, in fp32, no division by decays, no clamping) and runs in
+It is exact (the same recurrence, in fp32, no division by decays, no clamping) and runs in
 O(sqrt(l)) Python steps instead of l: the sequence is cut into k chunks of t steps, every chunk advances one
 step at a time *together* (tensors of (b, d, k, n)), and the states carried between chunks are found by a
 second, k-step scan over the chunk totals. Memory stays at a few (b, d, k, n) tensors, never (b, d, l, n).
@@ -14,11 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .cuda_kernels import kernel_function
-from .dispatch import select
-from .scan_inputs import checked_b_c, checked_token_shapes, fp32_inputs
+from .scan_inputs import checked_b_c, fp32_inputs
 
-__all__ = ['selective_scan', 'selective_scan_tokens', 'selective_scan_torch', 'selective_scan_step_loop']
+__all__ = ['selective_scan_torch', 'selective_scan_step_loop']
 
 # Elements (t * b * d * k_group * n) of the states (and decays) the backward keeps for one group of chunks:
 # 64 MB each in fp32. Fewer, bigger steps: fwd+bwd at b=4, d=120, l=4096 on 2 CPU cores took 0.31 s with
@@ -253,55 +251,3 @@ def selective_scan_step_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     if z is not None:
         out = out * F.silu(z.float())
     return out.to(dtype_in)
-
-
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False):
-    """Selective scan with ``mamba_ssm``'s ``selective_scan_fn`` signature. u, delta, z: (b, d, l); A: (d, n);
-    B, C: (b, n, l), (b, g, n, l) or time-invariant (d, n); D, delta_bias: (d,).
-
-    Returns (b, d, l) in u's dtype. CUDA tensors run ``selective_scan_cuda`` (through ``mamba_ssm``) when it
-    imports and accepts them (:mod:`.cuda_kernels`), else the Triton scan (:mod:`.scan_triton`); CPU tensors the
-    numba scan (:mod:`.scan_cpu`) when numba imports; the exact PyTorch path otherwise or when forced
-    (see :mod:`.dispatch`).
-    ``return_last_state`` (for step-by-step decoding) is not supported.
-    """
-    if return_last_state:
-        raise NotImplementedError('selective_scan: return_last_state is not supported (a streaming feature of '
-                                  'mamba_ssm that super-resolution does not use)')
-    path = select('selective_scan', dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias))
-    if path == 'kernel':
-        selective_scan_fn = kernel_function('selective_scan')
-        return selective_scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
-    if path == 'triton':
-        from .scan_triton import selective_scan_triton
-        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    if path == 'numba':
-        from .scan_cpu import selective_scan_cpu
-        return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    if path == 'graph':
-        from .scan_graph import selective_scan_graph
-        return selective_scan_graph(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-
-
-def selective_scan_tokens(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
-    """:func:`selective_scan` on token-major tensors, as the Mamba mixer holds them: u, delta, z (b, l, d); B, C
-    (b, l, n) or (b, l, g, n); A (d, n); D, delta_bias (d,). ``reverse``: the scan of the flipped sequence, flipped
-    back. Returns (b, l, d).
-
-    The numba path reads the tensors where they are, at any batch and time strides (see :mod:`.scan_cpu`); every
-    other path runs :func:`selective_scan` on (b, d, l) views of them (flipped copies for ``reverse``).
-    """
-    checked_token_shapes(u, delta, A, B, C, D, z, delta_bias)
-    if select('selective_scan', dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)) == 'numba':
-        from .scan_cpu import selective_scan_tokens_cpu
-        return selective_scan_tokens_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
-
-    def channels_first(x):  # (b, l, ...) -> (b, ..., l), in scan order
-        x = x.flip(1) if reverse else x
-        return x.permute(0, *range(2, x.dim()), 1)
-
-    y = selective_scan(channels_first(u), channels_first(delta), A, channels_first(B), channels_first(C), D,
-                       None if z is None else channels_first(z), delta_bias, delta_softplus).transpose(1, 2)
-    return y.flip(1) if reverse else y
