@@ -23,7 +23,7 @@ setup(
         'pyyaml',
         'tqdm',
         'safetensors',  # .safetensors checkpoints (logger.save_checkpoint_format, pretrain_network_*)
-        'pydantic>=2',  # the option schema (dvmsr_mma/option_schema.py)
+        'pydantic>=2',  # the option schema (dvmsr_mma/training/option_schema.py)
     ],
     extras_require={
         # Training, testing, the demo and dataset preparation: BasicSR's pipelines. Install torch first and this with
@@ -38,13 +38,13 @@ setup(
         # Optional fast kernels; build only on a CUDA machine. Nothing imports them unconditionally. The ranges are
         # the releases whose selective_scan_fn / causal_conv1d_fn signatures the calls were checked against.
         'cuda': ['mamba-ssm>=1.1.1,<2.4', 'causal-conv1d>=1.1.0,<1.7'],
-        # Optional CPU scan compiled at run time (dvmsr_mma/ops/scan_cpu.py), 3.5-4x faster and robust under load;
+        # Optional CPU kernels compiled at run time (dvmsr_mma/ops/scan_cpu.py, conv_cpu.py), robust under load;
         # about 210 MB installed (numba 35 MB + llvmlite 173 MB). Without it the PyTorch path runs.
         'numba': ['numba>=0.58'],
         # ONNX export (basicsr export: torch.onnx's torch.export-based exporter needs onnxscript) and the
         # onnxruntime check / basicsr infer --onnx.
         'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
-        # ArchSupport entries for chaiNNer / ComfyUI's model loader (dvmsr_mma.spandrel).
+        # ArchSupport entries for chaiNNer / ComfyUI's model loader (dvmsr_mma.tools.spandrel).
         'spandrel': ['spandrel'],
         # triton runs the Triton scan's tests in its interpreter; it comes with PyTorch's Linux x86-64 CUDA wheels.
         'test': ['pytest', 'pytest-timeout', 'ruff', 'hypothesis',  # hypothesis: the option files' property tests

@@ -3,7 +3,7 @@
     python benchmarks/bench_amp.py [--device cpu|cuda] [--iters 5] [--batch 4] [--lr-size 48]
 
 DVMSR x4 (released size) and MMA-T x2, Adam, L1 loss, a batch of random LR patches; each step is what
-``train.amp`` makes of ``SRModel``'s step: autocast from :mod:`dvmsr_mma.precision` around the forward and the
+``train.amp`` makes of ``SRModel``'s step: autocast from :mod:`dvmsr_mma.training.train_step` around the forward and the
 loss, fp16 through its GradScaler. Prints seconds per iteration (best of ``--iters`` after one warm-up) and the
 ratio fp32 time / mixed time. fp16 is measured on CUDA only (CPU autocast to fp16 is slow and no one trains so).
 """
@@ -22,7 +22,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from dvmsr_mma.archs.dvmsr_arch import DVMSR  # noqa: E402
 from dvmsr_mma.archs.mma_arch import MMA_T  # noqa: E402
-from dvmsr_mma.precision import autocast, grad_scaler  # noqa: E402
+from dvmsr_mma.training.train_step import autocast, grad_scaler  # noqa: E402
 
 
 def iteration_time(make_net, scale, amp, device, batch, lr_size, iters):

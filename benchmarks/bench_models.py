@@ -8,7 +8,7 @@ import argparse
 import json
 
 import dvmsr_mma  # noqa: F401  (registers the archs)
-from dvmsr_mma.bench import benchmark
+from dvmsr_mma.tools.bench import benchmark
 
 CONFIGS = [('DVMSR', 4, (256, 256)), ('MMA_T', 2, (128, 128)), ('MMA_B', 2, (64, 64))]
 

@@ -3,7 +3,7 @@
     python benchmarks/bench_onnx.py [--weights DVMSR.pth] [--out-dir /tmp/onnx] [--sizes 64 128 256]
                                     [--fixed-sizes 64 128]
 
-One ``--dynamic`` export (traced at 64x64; ``dvmsr_mma.export.export_onnx`` checks it in onnxruntime at 64x64,
+One ``--dynamic`` export (traced at 64x64; ``dvmsr_mma.tools.export.export_onnx`` checks it in onnxruntime at 64x64,
 128x128 and 65x67) and one fixed-size export per ``--fixed-sizes`` entry (each checked at its size). Per file: its
 size, node count (top level, and with the ONNX ``Scan`` bodies) and the session load time; per LR size and file,
 the median of 5 runs (after one warm-up) on one random image and the max abs difference from PyTorch, next to
@@ -26,9 +26,9 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 
 from dvmsr_mma.archs.dvmsr_arch import DVMSR  # noqa: E402
-from dvmsr_mma.export import export_onnx, ort_session  # noqa: E402
 from dvmsr_mma.ops import force_torch_ops  # noqa: E402
-from dvmsr_mma.weights import load_weights  # noqa: E402
+from dvmsr_mma.tools.export import export_onnx, ort_session  # noqa: E402
+from dvmsr_mma.tools.weights import load_weights  # noqa: E402
 
 
 def median_time(fn, runs=5, warmup=1):

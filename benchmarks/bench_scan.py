@@ -10,7 +10,7 @@ calls the scan as DVMSR does (D, the z gate, delta_bias, softplus). Times are th
 is the growth of the resident set over one no-grad forward in a fresh process (VmHWM reset through
 /proc/self/clear_refs, Linux); "under load" runs with two busy-loop processes beside it. ``dvmsr_mma`` is
 imported before torch, as in a ``basicsr`` command, so torch's OpenMP threads spin as the package sets them
-(``dvmsr_mma/openmp_env.py``); the DVMSR under-load case is also run in a child with libgomp's default spin.
+(``dvmsr_mma/__init__.py``); the DVMSR under-load case is also run in a child with libgomp's default spin.
 """
 import argparse
 import contextlib

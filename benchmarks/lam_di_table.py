@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 import dvmsr_mma  # noqa: F401  (registers the archs)
-from dvmsr_mma.errors import OptionError
-from dvmsr_mma.lam import attribution_of_image, load_network, parse_window, read_hr, render_map
+from dvmsr_mma.tools.lam import attribution_of_image, load_network, parse_window, read_hr, render_map
+from dvmsr_mma.utils.errors import OptionError
 
 
 def cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:

@@ -127,7 +127,7 @@ def arrange_benchmark(src_root: str,
 
 
 def _read(path: str):
-    from dvmsr_mma.image_io import ImageReadError, read_image  # not at import: dvmsr_mma imports datasets_prep
+    from dvmsr_mma.tools.image_io import ImageReadError, read_image  # not at import: dvmsr_mma imports datasets_prep
 
     try:
         return read_image(path)

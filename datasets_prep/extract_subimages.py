@@ -41,7 +41,7 @@ def subimage_stem(stem: str) -> str:
 
 def _worker(job: Tuple[str, str, int, int, int, int]) -> Tuple[str, int, int, str]:
     """-> (input name, tiles written (-1: unreadable, 0: too small), bytes written, why it is unreadable)."""
-    from dvmsr_mma.image_io import ImageReadError, read_image  # not at import: dvmsr_mma imports datasets_prep
+    from dvmsr_mma.tools.image_io import ImageReadError, read_image  # not at import: dvmsr_mma imports datasets_prep
 
     path, save_folder, crop_size, step, thresh_size, level = job
     name = osp.basename(path)

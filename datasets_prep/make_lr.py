@@ -44,7 +44,7 @@ def bicubic_downscale(img: np.ndarray, scale: int) -> np.ndarray:
 
 def _worker(job: Tuple[str, str, int, int]) -> Tuple[str, Optional[int], str]:
     """(HR path, LR path, scale, png level) -> (HR name, bytes written or None if unreadable, why)."""
-    from dvmsr_mma.image_io import ImageReadError, read_image  # not at import: dvmsr_mma imports datasets_prep
+    from dvmsr_mma.tools.image_io import ImageReadError, read_image  # not at import: dvmsr_mma imports datasets_prep
 
     src, dst, scale, level = job
     try:

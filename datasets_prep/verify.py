@@ -93,7 +93,7 @@ def _raise(problems: List[Tuple[str, str]], where: str) -> None:
 
 def verify_folder(folder: str, progress: bool = True) -> Summary:
     """Decode every image directly in ``folder``; raises ``VerifyError`` naming the bad ones."""
-    from dvmsr_mma.image_io import ImageReadError, read_image  # not at import: dvmsr_mma imports datasets_prep
+    from dvmsr_mma.tools.image_io import ImageReadError, read_image  # not at import: dvmsr_mma imports datasets_prep
 
     names = list_images(folder)
     bad = []

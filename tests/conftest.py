@@ -7,7 +7,7 @@ if not (os.path.isdir('/proc/driver/nvidia/gpus') and os.listdir('/proc/driver/n
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
 # first: patches basicsr and fills the registries before any test imports basicsr, and sets OpenMP's spin-wait
-# default, which applies only before torch loads (dvmsr_mma/openmp_env.py)
+# default, which applies only before torch loads (dvmsr_mma/__init__.py)
 import dvmsr_mma  # noqa: E402,F401
 
 # isort: split

@@ -13,7 +13,7 @@ import yaml
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from train_runs import run_train, write_options
 
-from dvmsr_mma.image_io import ImageReadError, decode
+from dvmsr_mma.tools.image_io import ImageReadError, decode
 
 BAD = ('0100', '0101', '0102')  # truncated, zero bytes, text
 
@@ -141,7 +141,7 @@ def test_prep_verify_decodes_every_image_of_a_folder(tmp_path, write_pairs, caps
 
 
 def test_infer_goes_on_after_an_image_past_the_pixel_cap(tmp_path):
-    from dvmsr_mma.infer import infer_paths
+    from dvmsr_mma.tools.infer import infer_paths
 
     class Identity:
         scale = 1
@@ -161,7 +161,7 @@ def test_infer_goes_on_after_an_image_past_the_pixel_cap(tmp_path):
 def test_a_missing_file_is_still_basicsrs_filenotfounderror(tmp_path):
     from basicsr.utils import FileClient
 
-    from dvmsr_mma.bad_images import BadImage
+    from dvmsr_mma.training.bad_images import BadImage
     with pytest.raises(FileNotFoundError) as caught:
         FileClient('disk').get(str(tmp_path / 'gone.png'))
     assert isinstance(caught.value, BadImage) and str(caught.value).endswith('gone.png: cannot be read (No such file '

@@ -11,8 +11,8 @@ import yaml
 from basicsr.archs import build_network
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
-from dvmsr_mma.checks import check_options
 from dvmsr_mma.cli import main
+from dvmsr_mma.training.checks import check_options
 
 SCALE = 2
 NETWORK = {'type': 'DVMSR', 'embed_dim': 8, 'depths': [1], 'upscale': SCALE, 'd_state': 4, 'drop_path_rate': 0.}
@@ -419,7 +419,7 @@ def test_hidden_files_in_imagenet_folders_are_skipped(kind, tmp_path, write_pair
     ``.DS_Store`` next to ImageNet's class folders must neither break the checks nor the dataset."""
     from basicsr.utils.registry import DATASET_REGISTRY
 
-    from dvmsr_mma.checks import check_dataset
+    from dvmsr_mma.training.checks import check_dataset
 
     root = tmp_path / 'imagenet'
     write_pairs(root / 'n01', 2, 64, seed=0)  # n01/HR/*.png and n01/LR/*.png: four images in sub-folders

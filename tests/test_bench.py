@@ -6,8 +6,8 @@ from basicsr.archs.srvgg_arch import SRVGGNetCompact
 
 import dvmsr_mma  # noqa: F401
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
-from dvmsr_mma.bench import benchmark, count_flops
 from dvmsr_mma.cli import main as cli_main
+from dvmsr_mma.tools.bench import benchmark, count_flops
 
 
 def test_benchmark_mamba_counts_scan():

@@ -30,7 +30,7 @@ def load_custom_node(module_path):
 
 def test_node_loads_like_comfyui_and_makes_its_upscale_nodes_take_dvmsr(tmp_path, caplog, monkeypatch):
     registry = spandrel.ArchRegistry()  # spandrel's main registry as a fresh ComfyUI process has it: no DVMSR
-    monkeypatch.setattr('dvmsr_mma.spandrel.MAIN_REGISTRY', registry)
+    monkeypatch.setattr('dvmsr_mma.tools.spandrel.MAIN_REGISTRY', registry)
     monkeypatch.delitem(sys.modules, 'ComfyUI-DVMSR-MMA', raising=False)
     torch.manual_seed(0)
     net = DVMSR(embed_dim=8, depths=[1], upscale=2).eval()
@@ -43,7 +43,7 @@ def test_node_loads_like_comfyui_and_makes_its_upscale_nodes_take_dvmsr(tmp_path
         module = load_custom_node(NODE_DIR)
         load_custom_node(NODE_DIR)  # a second load (ComfyUI reloading) is no error
     assert module.NODE_CLASS_MAPPINGS == {} and module.NODE_DISPLAY_NAME_MAPPINGS == {}
-    lines = [r.getMessage() for r in caplog.records if r.name == 'dvmsr_mma.comfyui']
+    lines = [r.getMessage() for r in caplog.records if r.name == 'dvmsr_mma.tools.comfyui']
     assert lines == [f'dvmsr_mma {dvmsr_mma.__version__}: spandrel loads DVMSR and MMA checkpoints now '
                      '(Load Upscale Model)'] * 2
 

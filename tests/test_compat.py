@@ -1,4 +1,4 @@
-"""Each basicsr-1.4.2 patch of ``dvmsr_mma.compat``, tested where it would fail without the patch."""
+"""Each basicsr-1.4.2 patch of ``dvmsr_mma.training.compat``, tested where it would fail without the patch."""
 import os
 import socket
 import subprocess
@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 import torch
 
-from dvmsr_mma import compat
-from dvmsr_mma.errors import OptionError
+from dvmsr_mma.training import compat
+from dvmsr_mma.utils.errors import OptionError
 
 
 def _run_python(code: str, env_extra=None) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""Checkpoints that describe themselves (``dvmsr_mma.detect``): every arch / preset x scale at random sizes is
+"""Checkpoints that describe themselves (``dvmsr_mma.tools.detect``): every arch / preset x scale at random sizes is
 rebuilt from its tensor shapes alone, ``--arch`` / ``--scale`` that disagree are one line, and ``basicsr infer``,
 ``export``, ``bench`` and ``lam`` run from ``--weights`` without ``--arch``."""
 import json
@@ -14,9 +14,9 @@ import dvmsr_mma  # noqa: F401
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.archs.mma_arch import MMA, MMA_B, MMA_T
 from dvmsr_mma.cli import main as cli_main
-from dvmsr_mma.detect import detect
-from dvmsr_mma.errors import OptionError
-from dvmsr_mma.infer import load_network
+from dvmsr_mma.tools.detect import detect
+from dvmsr_mma.tools.infer import load_network
+from dvmsr_mma.utils.errors import OptionError
 
 
 def random_dvmsr(rng, scale):

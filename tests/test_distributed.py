@@ -15,7 +15,7 @@ import torch
 import yaml
 from basicsr.archs import build_network
 
-from dvmsr_mma.compat import first_slurm_host
+from dvmsr_mma.training.compat import first_slurm_host
 
 SCALE = 2
 ITERS = 3  # 4 images, batch 1 per rank, 2 ranks: 2 iterations per epoch, so the run crosses an epoch boundary

@@ -1,4 +1,4 @@
-"""ONNX export (``dvmsr_mma.export``, ``basicsr export``) checked in onnxruntime, and ``basicsr infer --onnx``.
+"""ONNX export (``dvmsr_mma.tools.export``, ``basicsr export``) checked in onnxruntime, and ``basicsr infer --onnx``.
 
 Tiny networks at tiny sizes: one torch.export of a 1-block network at 8x8 takes about 5 s on 2 cores.
 """
@@ -16,13 +16,13 @@ import dvmsr_mma  # noqa: F401
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.archs.mma_arch import MMA_T
 from dvmsr_mma.cli import main as cli_main
-from dvmsr_mma.infer import SRInferencer, tile_spans
 from dvmsr_mma.ops import force_torch_ops
+from dvmsr_mma.tools.infer import SRInferencer, tile_spans
 
 ort = pytest.importorskip('onnxruntime')  # the [onnx] extra, which make test installs
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxscript')
-from dvmsr_mma import export  # noqa: E402  (after the skips: it needs the extra)
+from dvmsr_mma.tools import export  # noqa: E402  (after the skips: it needs the extra)
 
 TINY = {'DVMSR': lambda s: DVMSR(embed_dim=8, depths=[1], upscale=s),
         'MMA_T': lambda s: MMA_T(upscale=s, num_feat=30, num_block=1)}  # 30: MMA's channel attention squeezes by 30

@@ -6,8 +6,8 @@ from basicsr.data import build_dataset
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from basicsr.utils.matlab_functions import imresize
 
-from dvmsr_mma.checks import check_dataset
-from dvmsr_mma.errors import OptionError
+from dvmsr_mma.training.checks import check_dataset
+from dvmsr_mma.utils.errors import OptionError
 
 SIZES = {'n01/a.JPEG': (50, 70), 'n01/b.png': (25, 25), 'n02/c.png': (10, 13), 'top.png': (40, 40)}
 

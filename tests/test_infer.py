@@ -11,7 +11,7 @@ from basicsr.archs.srvgg_arch import SRVGGNetCompact
 import dvmsr_mma  # noqa: F401
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.cli import main as cli_main
-from dvmsr_mma.infer import SRInferencer
+from dvmsr_mma.tools.infer import SRInferencer
 
 
 def tiny_dvmsr(scale):
@@ -54,7 +54,7 @@ def test_tiled_equals_untiled_conv_net():
 
 
 def test_tiled_mamba_runs_and_stays_close():
-    """A Mamba scan sees the whole padded tile, so tiled output is close, not equal (see dvmsr_mma.infer)."""
+    """A Mamba scan sees the whole padded tile, so tiled output is close, not equal (see dvmsr_mma.tools.infer)."""
     img = make_image('rgb', 20, 20)
     x = torch.from_numpy(img).permute(2, 0, 1)[None] / 255.
     net = tiny_dvmsr(2)
@@ -118,8 +118,8 @@ def test_checkpoint_for_another_arch_is_one_line(tiny_setup, tmp_path, capsys):
 
 
 def test_shape_mismatch_named(tmp_path):
-    from dvmsr_mma.errors import OptionError
-    from dvmsr_mma.weights import load_weights
+    from dvmsr_mma.tools.weights import load_weights
+    from dvmsr_mma.utils.errors import OptionError
     path = tmp_path / 'w.pth'
     torch.save(SRVGGNetCompact(num_feat=8, num_conv=2, upscale=2).state_dict(), path)
     with pytest.raises(OptionError, match='shape mismatches .*body.0.weight'):
@@ -127,14 +127,14 @@ def test_shape_mismatch_named(tmp_path):
 
 
 def test_safetensors_optional(tmp_path):
-    from dvmsr_mma.weights import load_weights
+    from dvmsr_mma.tools.weights import load_weights
     net = SRVGGNetCompact(num_feat=4, num_conv=1, upscale=2)
     path = tmp_path / 'w.safetensors'
     try:
         from safetensors.torch import save_file
     except ImportError:
         path.write_bytes(b'')
-        from dvmsr_mma.errors import OptionError
+        from dvmsr_mma.utils.errors import OptionError
         with pytest.raises(OptionError, match='pip install safetensors'):
             load_weights(net, str(path))
         return
@@ -177,7 +177,7 @@ def test_out_of_memory_is_one_line_and_stops_the_run(error, tile, tiny_setup, tm
 
 
 def test_output_too_big_for_the_cpu_says_tiles_do_not_help(monkeypatch):
-    from dvmsr_mma.infer import NotEnoughMemory
+    from dvmsr_mma.tools.infer import NotEnoughMemory
 
     def zeros(*size):
         raise RuntimeError(CPU_OOM)
@@ -189,7 +189,7 @@ def test_output_too_big_for_the_cpu_says_tiles_do_not_help(monkeypatch):
 
 
 def test_suggested_tile():
-    from dvmsr_mma.infer import suggest_tile
+    from dvmsr_mma.tools.infer import suggest_tile
     # the user's case: 4000x4000 untiled, a 3.84 GB allocation failed with 2 GB available
     tile = suggest_tile(4000, 4000, 0, 10, 3_840_000_000, 2_000_000_000)
     assert tile % 16 == 0 and 32 <= tile <= 2000
@@ -203,7 +203,7 @@ def test_out_of_memory_frees_the_activations():
     """The error keeps torch's error as its cause, but not the tensors the network's frames held."""
     import weakref
 
-    from dvmsr_mma.infer import NotEnoughMemory
+    from dvmsr_mma.tools.infer import NotEnoughMemory
     held = []
 
     class Net(torch.nn.Module):
@@ -223,7 +223,7 @@ def test_out_of_memory_frees_the_activations():
 def test_real_cuda_out_of_memory_frees_memory():
     """A real CUDA OOM (this process capped to a small share of the GPU): one line with a --tile, and the
     network's activations freed afterwards (traceback frames cleared, cache emptied)."""
-    from dvmsr_mma.infer import NotEnoughMemory
+    from dvmsr_mma.tools.infer import NotEnoughMemory
     inferencer = SRInferencer(DVMSR(upscale=4), scale=4, device='cuda')
     baseline = torch.cuda.memory_allocated()
     total = torch.cuda.get_device_properties(0).total_memory
@@ -256,7 +256,7 @@ def test_nan_weights_are_one_line(tiny_setup, tmp_path, capsys):
 
 
 def test_integer_buffers_are_not_checked():
-    from dvmsr_mma.weights import check_finite
+    from dvmsr_mma.tools.weights import check_finite
     check_finite({'num_batches_tracked': torch.tensor(3), 'w': torch.ones(2)}, 'w.pth')
 
 

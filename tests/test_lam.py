@@ -1,4 +1,4 @@
-"""LAM and the diffusion index (dvmsr_mma/lam.py, ``basicsr lam``): Gini on hand-made maps, the blur path, the
+"""LAM and the diffusion index (dvmsr_mma/tools/lam.py, ``basicsr lam``): Gini on hand-made maps, the blur path, the
 window target, attribution confined to a 3x3 receptive field, a global-average network, determinism and batching,
 every registered SR arch at a small size, the command's outputs and its bad inputs."""
 import json
@@ -15,10 +15,10 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 import dvmsr_mma  # noqa: F401
-from dvmsr_mma import lam
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.cli import main as cli_main
-from dvmsr_mma.errors import OptionError
+from dvmsr_mma.tools import lam
+from dvmsr_mma.utils.errors import OptionError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -99,8 +99,24 @@ def test_forward_odd_size(scale):
         y = net(x)
         feat = net.forward_features(x)
     assert y.shape == (1, 3, 17 * scale, 23 * scale)
+    assert y.is_contiguous()  # the body runs channels_last; the output is contiguous, as before
     assert torch.isfinite(y).all()
     assert feat.shape == (1, 30, 17, 23)
+
+
+def test_channels_last_body_computes_what_the_channels_first_one_does():
+    """The body runs channels_last (no layout copies around its LayerNorms and Vim branch): the same function as
+    the layers applied to a contiguous map, to float rounding."""
+    torch.manual_seed(0)
+    net = _small(2).eval()
+    x = torch.rand(1, 3, 12, 10)
+    with torch.no_grad():
+        feat = net.conv_first(((x - net.mean) * net.img_range).contiguous())  # channels first
+        body = feat
+        for block in net.body:
+            body = block(body.contiguous())
+        ref = net.conv_last(net.upsample(net.conv_after_body(body.contiguous()) + feat)) / net.img_range + net.mean
+        assert torch.allclose(net(x), ref, atol=1e-5)
 
 
 def test_backward_reaches_every_parameter():

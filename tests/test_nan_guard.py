@@ -9,7 +9,7 @@ from basicsr.models import build_model
 from test_amp import batch, model_opt, weights
 from train_runs import load_net, run_dir, run_train, write_options
 
-from dvmsr_mma.stops import TrainingDiverged
+from dvmsr_mma.utils.errors import TrainingDiverged
 
 
 def test_nan_loss_stops_the_run_before_any_bad_checkpoint(tmp_path, write_pairs):

@@ -23,14 +23,14 @@ SCRIPT = textwrap.dedent('''
     sys.meta_path.insert(0, Blocked())
 
     import io, contextlib, torch
-    import dvmsr_mma.spandrel, dvmsr_mma.infer
+    import dvmsr_mma.tools.spandrel, dvmsr_mma.tools.infer
     from dvmsr_mma.archs.dvmsr_arch import DVMSR
     from dvmsr_mma.archs.mma_arch import MMA_T
     from dvmsr_mma.cli import main
     import spandrel
 
     report = {}
-    dvmsr_mma.spandrel.install(ignore_duplicates=True)
+    dvmsr_mma.tools.spandrel.install(ignore_duplicates=True)
     x = torch.rand(1, 3, 9, 7, generator=torch.Generator().manual_seed(0))
     for name, net in (('DVMSR', DVMSR(embed_dim=12, depths=[1, 1], upscale=3)),
                       ('MMA', MMA_T(upscale=2, num_feat=30, num_block=1))):
@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent('''
         with torch.no_grad():
             want = net(x)
         model = spandrel.ModelLoader().load_from_file(path)
-        inferencer = dvmsr_mma.infer.SRInferencer(weights=path, device='cpu')
+        inferencer = dvmsr_mma.tools.infer.SRInferencer(weights=path, device='cpu')
         report[name] = {'id': model.architecture.id, 'scale': model.scale,
                         'spandrel_equal': bool(torch.equal(model(x), want.clamp(0, 1))),
                         'inferencer_equal': bool(torch.equal(inferencer.run(x), want)),

@@ -1,4 +1,4 @@
-"""The OpenMP spin-wait default set on ``import dvmsr_mma`` (see dvmsr_mma/openmp_env.py)."""
+"""The OpenMP spin-wait default set on ``import dvmsr_mma`` (see dvmsr_mma/__init__.py)."""
 import os
 import subprocess
 import sys

@@ -14,8 +14,8 @@ from test_ops_scan import make_inputs
 
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.archs.mma_arch import MMA_T
-from dvmsr_mma.errors import OptionError
 from dvmsr_mma.ops import cuda_kernels, dispatch, force_torch_ops, ops_path, selective_scan
+from dvmsr_mma.utils.errors import OptionError
 
 scan_mod = sys.modules['dvmsr_mma.ops.scan_torch']
 HUGE_CHANNEL_LAST_L = 65535 * 64 + 1  # one step past the channel-last conv's grid.y limit: 4,194,241

@@ -262,3 +262,17 @@ def test_a_failing_task_stops_the_call_after_every_thread_is_done():
     finally:
         torch.set_num_threads(previous)
     assert 3 not in done and len(done) >= 1
+
+
+@pytest.mark.parametrize('name, shape, message', [
+    ('B', (2, 9, 3), r'B must be \(2, 10, 3\) or \(2, 10, g, 3\) with g dividing 4; got \(2, 9, 3\)'),
+    ('delta', (2, 4, 10), r'delta must have the shape of u \(2, 10, 4\), got \(2, 4, 10\)'),
+])
+def test_token_major_bad_shapes_are_one_line(name, shape, message):
+    from dvmsr_mma.ops import selective_scan_tokens
+    u, delta, A, B, C, D, z, bias = (x.transpose(1, 2) if x is not None and x.dim() == 3 else x
+                                     for x in make_inputs(2, 4, 3, 10, 0, True, True, True))
+    args = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=bias)
+    args[name] = torch.randn(shape)
+    with pytest.raises(ValueError, match='^selective_scan_tokens: ' + message + '$'):
+        selective_scan_tokens(**args)

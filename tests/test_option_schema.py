@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from test_bad_inputs import options_for_test, train_options
 from test_official_options import BENCHMARKS, FINETUNE_SET, METRICS, TEST, TEST_SET, TRAIN, network
 
-from dvmsr_mma import option_schema
 from dvmsr_mma.cli import main
-from dvmsr_mma.errors import OptionError
-from dvmsr_mma.option_schema import WORKERS_PER_CORE, validate_options
+from dvmsr_mma.training import option_schema
+from dvmsr_mma.training.option_schema import WORKERS_PER_CORE, validate_options
+from dvmsr_mma.utils.errors import OptionError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()

@@ -7,7 +7,7 @@ from basicsr.data import build_dataset
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from basicsr.utils.matlab_functions import imresize
 
-from dvmsr_mma.errors import OptionError
+from dvmsr_mma.utils.errors import OptionError
 
 
 @pytest.fixture

@@ -150,7 +150,7 @@ def test_killed_run_resumes_bit_identical(tmp_path, write_pairs, uninterrupted, 
     ({'epoch': 2, 'iter': 8}, None, 'has no sampler position'),
 ])
 def test_sampler_position_checked(monkeypatch, caplog, state, skip, warning):
-    from dvmsr_mma import resume
+    from dvmsr_mma.training import resume
 
     class Sampler:
         def resume_from(self, skip, rng):

@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 from test_amp import model_opt
 from train_runs import SCALE, load_net, run_dir, run_train, tiny_dvmsr, write_options
 
-from dvmsr_mma import checkpoint_io
 from dvmsr_mma.cli import main
+from dvmsr_mma.utils import checkpoint_io
 
 
 def test_checkpoint_layout_round_trips(tmp_path):

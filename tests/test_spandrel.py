@@ -1,4 +1,4 @@
-"""spandrel support (``dvmsr_mma.spandrel``): every arch / preset x scale detected from its checkpoint, with the
+"""spandrel support (``dvmsr_mma.tools.spandrel``): every arch / preset x scale detected from its checkpoint, with the
 hyperparameters read from the shapes, and the descriptor's output equal to the package network's."""
 import importlib
 import sys
@@ -12,7 +12,7 @@ from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.archs.mma_arch import MMA, MMA_B, MMA_T
 
 spandrel = pytest.importorskip('spandrel')  # the [spandrel] extra, which make test installs
-from dvmsr_mma import spandrel as dvmsr_spandrel  # noqa: E402  (after the skip: it needs the extra)
+from dvmsr_mma.tools import spandrel as dvmsr_spandrel  # noqa: E402  (after the skip: it needs the extra)
 
 # the registered networks at their real sizes (MMA: the official constructor, with the option files' img_range 1)
 PRESETS = {'DVMSR': lambda s: DVMSR(upscale=s), 'MMA': lambda s: MMA(upscale=s, img_range=1.),
@@ -94,7 +94,7 @@ def test_basicsr_training_checkpoint(tmp_path):
 def test_training_safetensors_checkpoint(tmp_path):
     """net_g_<iter>.safetensors as training writes it with logger.save_checkpoint_format: safetensors (flat
     params.<name> and params_ema.<name>): the EMA weights load."""
-    from dvmsr_mma.checkpoint_io import atomic_safetensors_save
+    from dvmsr_mma.utils.checkpoint_io import atomic_safetensors_save
     torch.manual_seed(0)
     net, net_ema = randomized(DVMSR(embed_dim=8, depths=[1], upscale=3)), DVMSR(embed_dim=8, depths=[1], upscale=3)
     atomic_safetensors_save({'params': net.state_dict(), 'params_ema': net_ema.eval().state_dict()},
@@ -168,7 +168,7 @@ def test_install_adds_both_once():
 
 def test_missing_spandrel_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, 'spandrel', None)
-    monkeypatch.delitem(sys.modules, 'dvmsr_mma.spandrel')
+    monkeypatch.delitem(sys.modules, 'dvmsr_mma.tools.spandrel')
     with pytest.raises(ImportError) as err:
-        importlib.import_module('dvmsr_mma.spandrel')
+        importlib.import_module('dvmsr_mma.tools.spandrel')
     assert "pip install 'dvmsr_mma[spandrel]'" in str(err.value) and '\n' not in str(err.value)

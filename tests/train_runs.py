@@ -116,7 +116,7 @@ def run_dir(folder, name='run'):
 
 def load_net(path):
     """A network checkpoint written by training, .pth or .safetensors, as {param_key: state_dict}."""
-    from dvmsr_mma.weights import load_checkpoint
+    from dvmsr_mma.tools.weights import load_checkpoint
     return load_checkpoint(str(path))
 
 

@@ -7,8 +7,8 @@ import importlib
 import sys
 from typing import List, Optional
 
-from dvmsr_mma.errors import OptionError
 from dvmsr_mma.utils import basicsr_importable
+from dvmsr_mma.utils.errors import OptionError
 
 COMMANDS = {  # add a subcommand here: name -> module with HELP and main(argv)
     'train': 'dvmsr_mma.cli.train',

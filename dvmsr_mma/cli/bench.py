@@ -20,8 +20,8 @@ def main(argv: List[str]) -> int:
     parser.add_argument('--json', action='store_true', help='print one JSON object')
     args = parser.parse_args(argv)
 
-    from dvmsr_mma.bench import benchmark, format_table, parse_size
-    from dvmsr_mma.errors import OptionError
+    from dvmsr_mma.tools.bench import benchmark, format_table, parse_size
+    from dvmsr_mma.utils.errors import OptionError
     source = network_source(args, weights_needed=False)  # bench times random weights too
     if args.runs < 1 or args.warmup < 0:
         raise OptionError('--runs must be >= 1 and --warmup >= 0')

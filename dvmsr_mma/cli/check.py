@@ -26,7 +26,7 @@ def main(argv: List[str]) -> int:
     import basicsr.train
     import yaml
 
-    from dvmsr_mma import option_schema
+    from dvmsr_mma.training import option_schema
 
     with open(args.opt, encoding='utf-8') as f:
         is_train = args.phase == 'train' if args.phase else bool((yaml.safe_load(f) or {}).get('train'))

@@ -21,9 +21,9 @@ def main(argv: List[str]) -> int:
     parser.add_argument('--no-check', action='store_true', help='skip the onnxruntime check')
     args = parser.parse_args(argv)
 
-    from dvmsr_mma.bench import parse_size
-    from dvmsr_mma.export import ExportCheckFailed, export_onnx, require
-    from dvmsr_mma.infer import load_network
+    from dvmsr_mma.tools.bench import parse_size
+    from dvmsr_mma.tools.export import ExportCheckFailed, export_onnx, require
+    from dvmsr_mma.tools.infer import load_network
     source = network_source(args)
     size = parse_size(args.size)
     for module in ('onnx', 'onnxscript') if args.no_check else ('onnx', 'onnxscript', 'onnxruntime'):

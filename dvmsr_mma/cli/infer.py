@@ -25,8 +25,8 @@ def main(argv: List[str]) -> int:
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
 
-    from dvmsr_mma.export import OnnxRunner
-    from dvmsr_mma.infer import SRInferencer, infer_paths, list_inputs, prepare_output_dir
+    from dvmsr_mma.tools.export import OnnxRunner
+    from dvmsr_mma.tools.infer import SRInferencer, infer_paths, list_inputs, prepare_output_dir
     source = network_source(args)
     inputs = list_inputs(args.input)
     prepare_output_dir(args.output)  # here, before the weights load and any image runs

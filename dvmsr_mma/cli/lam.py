@@ -33,9 +33,8 @@ def main(argv: List[str]) -> int:
     import cv2
     import torch
 
-    from dvmsr_mma.errors import OptionError
-    from dvmsr_mma.infer import prepare_output_dir
-    from dvmsr_mma.lam import (
+    from dvmsr_mma.tools.infer import prepare_output_dir
+    from dvmsr_mma.tools.lam import (
         attribution_of_image,
         check_alpha,
         load_network,
@@ -45,7 +44,8 @@ def main(argv: List[str]) -> int:
         settings,
         sr_image,
     )
-    source = network_source(args, weights_needed=False)  # dvmsr_mma.lam.load_network names what is missing
+    from dvmsr_mma.utils.errors import OptionError
+    source = network_source(args, weights_needed=False)  # dvmsr_mma.tools.lam.load_network names what is missing
     window = parse_window(args.window)
     check_alpha(args.alpha)
     hr = read_hr(args.input)

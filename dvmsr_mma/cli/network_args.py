@@ -1,6 +1,6 @@
 """The network arguments ``basicsr infer``, ``export``, ``lam`` and ``bench`` share: ``-opt FILE | --arch TYPE``,
 ``--weights FILE``, ``--scale S``. A DVMSR or MMA checkpoint describes itself, so ``--weights`` alone is enough:
-the arch, scale and every size come from its tensor shapes (:mod:`dvmsr_mma.detect`)."""
+the arch, scale and every size come from its tensor shapes (:mod:`dvmsr_mma.tools.detect`)."""
 import argparse
 import os
 from typing import Optional
@@ -24,10 +24,10 @@ def add_network_arguments(parser: argparse.ArgumentParser, onnx: bool = False) -
 
 
 def network_source(args: argparse.Namespace, weights_needed: bool = True) -> Optional[str]:
-    """What :func:`dvmsr_mma.infer.load_network` builds from: the option file, the registry name, or None (the
+    """What :func:`dvmsr_mma.tools.infer.load_network` builds from: the option file, the registry name, or None (the
     weights alone). One line, before anything is built, when there is nothing to build from, or (with
     ``weights_needed``) when the network would run with random weights."""
-    from dvmsr_mma.errors import OptionError
+    from dvmsr_mma.utils.errors import OptionError
     if not (args.opt or args.arch or args.weights or getattr(args, 'onnx', None)):
         raise OptionError('give --weights FILE (a DVMSR or MMA checkpoint: the network is read from its shapes), '
                           '-opt FILE or --arch TYPE --weights FILE')
@@ -40,7 +40,7 @@ def require_weights(opt: Optional[str], arch: Optional[str], weights: Optional[s
     """One line, before anything is built, when the network would run with random weights."""
     import yaml
 
-    from dvmsr_mma.errors import OptionError
+    from dvmsr_mma.utils.errors import OptionError
     if arch and not weights:
         raise OptionError('--arch needs --weights FILE')
     if opt and not weights and os.path.isfile(opt):

@@ -8,8 +8,7 @@ from typing import Callable, Iterator, List
 
 import yaml
 
-from dvmsr_mma.errors import OptionError
-from dvmsr_mma.stops import TrainingStopped
+from dvmsr_mma.utils.errors import OptionError, TrainingStopped
 
 
 def add_basicsr_flags(parser: argparse.ArgumentParser, train: bool) -> None:

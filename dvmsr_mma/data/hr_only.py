@@ -9,7 +9,7 @@ from torch.utils import data
 from torchvision.transforms.functional import normalize
 
 from datasets_prep.common import image_files
-from dvmsr_mma.errors import OptionError
+from dvmsr_mma.utils.errors import OptionError
 
 
 def hr_paths(opt: Mapping[str, Any], io_backend_opt: Dict[str, Any]) -> List[str]:

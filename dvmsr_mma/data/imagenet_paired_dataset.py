@@ -37,7 +37,7 @@ from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
 
 from dvmsr_mma.data.hr_only import HROnlyDataset
-from dvmsr_mma.errors import OptionError
+from dvmsr_mma.utils.errors import OptionError
 
 
 @DATASET_REGISTRY.register()

@@ -58,11 +58,11 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 from torch.nn.parallel import DataParallel
 
-from dvmsr_mma.checkpoint_io import atomic_torch_save
-from dvmsr_mma.distillation_options import NO_TEACHER
-from dvmsr_mma.errors import OptionError
-from dvmsr_mma.resume import training_state
-from dvmsr_mma.train_step import amp_aware, finish_step, sr_losses, training_autocast
+from dvmsr_mma.training.option_schema import NO_TEACHER
+from dvmsr_mma.training.resume import training_state
+from dvmsr_mma.training.train_step import amp_aware, finish_step, sr_losses, training_autocast
+from dvmsr_mma.utils.checkpoint_io import atomic_torch_save
+from dvmsr_mma.utils.errors import OptionError
 
 POSITIONS = ('output', 'end', 'mid')
 BLOCK_LISTS = ('layers', 'body')  # DVMSR's RSSBs, MMA's blocks
@@ -309,7 +309,7 @@ class DistillationModel(SRModel):
     # -------------------------------------------------------------------------------------- training
     @amp_aware
     def optimize_parameters(self, current_iter):
-        """SRModel's step (``train.amp`` and the NaN guard of :mod:`dvmsr_mma.train_step`) with ``l_dis``; the
+        """SRModel's step (``train.amp`` and the NaN guard of :mod:`dvmsr_mma.training.train_step`) with ``l_dis``; the
         teacher runs under the same autocast."""
         if not self.teacher_loaded:
             raise OptionError(f'path.pretrain_network_t: no such file: {self.teacher_path}')
@@ -337,8 +337,8 @@ class DistillationModel(SRModel):
 
     @master_only
     def save_training_state(self, epoch, current_iter):
-        """The training state of :func:`dvmsr_mma.resume.training_state` plus ``distillation``: the adapters and
-        where the teacher came from. Written atomically."""
+        """The training state of :func:`~dvmsr_mma.training.resume.training_state` plus ``distillation``: the adapters
+        and where the teacher came from. Written atomically."""
         if current_iter == -1:
             return
         state = training_state(self, epoch, current_iter)

@@ -31,7 +31,7 @@ __all__ = ['KERNEL_DEVICES', 'import_problem', 'kernel_function', 'scan_problem'
 KERNEL_DEVICES = ['cuda']
 FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 UINT32_LIMIT = 2**32
-GRID_Y_LIMIT = 65535
+GRID_Y_LIMIT = 65535  # CUDA's cap on grid.y: the channel-last conv's blocks of steps, the Triton scan's channels
 CONV_CHANNEL_LAST_BLOCK_L = 64  # kChunkSizeL of the channel-last forward: one grid.y block per 64 steps
 MAX_D_STATE = 256
 CONV_WIDTHS = (2, 3, 4)
@@ -85,8 +85,13 @@ def _max_offset(t: torch.Tensor) -> int:
     return sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """'float32' for torch.float32: how the one-line reasons name a dtype."""
+    return str(dtype).replace('torch.', '')
+
+
 def _dtype(t: torch.Tensor) -> str:
-    return str(t.dtype).replace('torch.', '')
+    return dtype_name(t.dtype)
 
 
 def _mamba_has_64bit_offsets() -> bool:
@@ -111,7 +116,7 @@ def scan_problem(t: Mapping[str, Any]) -> Optional[str]:
     for name, dtype in expected.items():
         x = t.get(name)
         if x is not None and x.dtype != dtype:
-            return f'{name} is {_dtype(x)} where the kernel needs {str(dtype).replace("torch.", "")}'
+            return f'{name} is {_dtype(x)} where the kernel needs {dtype_name(dtype)}'
     if A.shape[-1] > MAX_D_STATE:
         return f'd_state {A.shape[-1]} > {MAX_D_STATE}, the kernel\'s limit'
     if not _mamba_has_64bit_offsets():

@@ -4,7 +4,7 @@ Each :class:`Path` names the device types it serves and has a ``why_not(tensors,
 the reason it cannot take these tensors (not importable, a kernel limit, a dtype). ``auto`` (the default) takes
 the first path of the op's row that serves the tensors' device and has no reason against it; every path it
 passed over for a reason is named in the one INFO line logged per op, path and reasons. A forced path that
-cannot run is one :class:`~dvmsr_mma.errors.OptionError` line with its reason; forcing a path an op does not
+cannot run is one :class:`~dvmsr_mma.utils.errors.OptionError` line with its reason; forcing a path an op does not
 have (the conv has no Triton or graph version) runs that op's PyTorch path.
 
 The entry points are here too (:func:`selective_scan`, :func:`causal_conv1d` and their token-major forms): each asks
@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 
-from dvmsr_mma.errors import OptionError
+from dvmsr_mma.utils.errors import OptionError
 
 from . import conv_torch, cuda_kernels, scan_torch
 from .scan_inputs import checked_token_shapes
@@ -39,7 +39,6 @@ ENV_OPS = 'DVMSR_MMA_OPS'
 PATHS = ('kernel', 'triton', 'numba', 'torch')  # what DVMSR_MMA_OPS may name
 NUMBA_MODULE = 'dvmsr_mma.ops.numba_runtime'  # importing it imports numba
 TRITON_MODULE = 'dvmsr_mma.ops.scan_triton'  # importing it imports triton
-TRITON_GRID_Y_LIMIT = 65535  # the scan launches (b, d) programs; CUDA caps grid.y
 
 Tensors = Mapping[str, Any]
 
@@ -99,11 +98,12 @@ def _triton_why_not(tensors: Tensors, forced: bool) -> Optional[str]:
         return problem
     u, A = tensors['u'], tensors['A']
     if u.dtype not in cuda_kernels.FLOAT_TYPES:
-        return f'u is {str(u.dtype).replace("torch.", "")}; the Triton scan takes float32, float16 and bfloat16'
+        return f'u is {cuda_kernels.dtype_name(u.dtype)}; the Triton scan takes float32, float16 and bfloat16'
     if A.is_complex():
         return 'A is complex; the Triton scan takes real A'
-    if u.shape[1] > TRITON_GRID_Y_LIMIT:
-        return f'{u.shape[1]} channels; the Triton scan launches one program per channel, at most {TRITON_GRID_Y_LIMIT}'
+    if u.shape[1] > cuda_kernels.GRID_Y_LIMIT:  # the scan launches (b, d) programs
+        return (f'{u.shape[1]} channels; the Triton scan launches one program per channel, at most '
+                f'{cuda_kernels.GRID_Y_LIMIT}')
     return None
 
 

@@ -96,6 +96,16 @@ def _gate_row(z, w, gate, sig):
         gate[c] = zz * sg
 
 
+@numba.njit(error_model='numpy')
+def _part_setup(A, a, bias, D, n, c0, w):
+    """Copy a part's block of A (n, d) into ``a`` (n, width); return the part's rows of bias and D."""
+    d = bias.shape[0]
+    for i in range(n):
+        for c in range(w):
+            a[i, c] = A[i * d + c0 + c]
+    return numba.carray(f32_at(bias, c0), w), numba.carray(f32_at(D, c0 if D.shape[0] > 0 else 0), w)
+
+
 @functools.lru_cache(maxsize=None)
 def _kernels(npad: int) -> Tuple[Callable, Callable]:
     """The forward and backward part kernels with scratch for ``npad`` states (a multiple of STATE_MULTIPLE; the
@@ -125,10 +135,7 @@ def _kernels(npad: int) -> Tuple[Callable, Callable]:
             x[:] = np.float32(0.0)
         for x in (dt, du, acc):
             x[:] = np.float32(0.0)
-        for i in range(n):
-            for c in range(w):
-                a[i, c] = A[i * d + c0 + c]
-        bias_r, D_r = numba.carray(f32_at(bias, c0), w), numba.carray(f32_at(D, c0 if has_d else 0), w)
+        bias_r, D_r = _part_setup(A, a, bias, D, n, c0, w)
         pu, pd = geo[U, 0] + batch * geo[U, 1] + c0, geo[DELTA, 0] + batch * geo[DELTA, 1] + c0
         pz, py = geo[Z, 0] + batch * geo[Z, 1] + c0, geo[Y, 0] + batch * geo[Y, 1] + c0
         pb = geo[B_, 0] + batch * geo[B_, 1] + group * geo[B_, 3]
@@ -207,10 +214,7 @@ def _kernels(npad: int) -> Tuple[Callable, Callable]:
             x[:] = np.float32(0.0)
         for x in (gy, gdu, gda):
             x[:] = np.float32(0.0)
-        for i in range(n):
-            for c in range(w):
-                a[i, c] = A[i * d + c0 + c]
-        bias_r, D_r = numba.carray(f32_at(bias, c0), w), numba.carray(f32_at(D, c0 if has_d else 0), w)
+        bias_r, D_r = _part_setup(A, a, bias, D, n, c0, w)
         pu, pd = geo[U, 0] + batch * geo[U, 1] + c0, geo[DELTA, 0] + batch * geo[DELTA, 1] + c0
         pz, pgo = geo[Z, 0] + batch * geo[Z, 1] + c0, geo[GOUT, 0] + batch * geo[GOUT, 1] + c0
         pgu, pgd = geo[GU, 0] + batch * geo[GU, 1] + c0, geo[GDELTA, 0] + batch * geo[GDELTA, 1] + c0

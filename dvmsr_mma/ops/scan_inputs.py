@@ -7,26 +7,35 @@ import torch.nn.functional as F
 __all__ = ['checked_b_c', 'fp32_inputs']
 
 
-def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
-    """One line naming the tensor whose shape does not fit, instead of a reshape error deep in the scan."""
+def _check_shapes(op, token_major, u, delta, A, B, C, D, z, delta_bias):
+    """One line naming the tensor whose shape does not fit, instead of a reshape error deep in the scan. Channel
+    first: u, delta, z (b, d, l); B, C (d, n), (b, n, l) or (b, g, n, l). ``token_major``: u, delta, z (b, l, d);
+    B, C (b, l, n) or (b, l, g, n). A is (d, n), D and delta_bias (d,) in both."""
+    if A.is_complex():
+        raise NotImplementedError(f'{op}: real A only (complex A is not supported off the CUDA kernel)')
     if u.dim() != 3:
-        raise ValueError(f'selective_scan: u must be (b, d, l), got {tuple(u.shape)}')
-    b, d, l = u.shape
+        raise ValueError(f'{op}: u must be {"(b, l, d)" if token_major else "(b, d, l)"}, got {tuple(u.shape)}')
+    b, l, d = u.shape if token_major else (u.shape[0], u.shape[2], u.shape[1])
     if A.dim() != 2 or A.shape[0] != d:
-        raise ValueError(f'selective_scan: A must be (d, n) = ({d}, n), got {tuple(A.shape)}')
+        raise ValueError(f'{op}: A must be (d, n) = ({d}, n), got {tuple(A.shape)}')
     n = A.shape[1]
     for name, x in (('delta', delta), ('z', z)):
-        if x is not None and tuple(x.shape) != (b, d, l):
-            raise ValueError(f'selective_scan: {name} must have the shape of u {(b, d, l)}, got {tuple(x.shape)}')
+        if x is not None and x.shape != u.shape:
+            raise ValueError(f'{op}: {name} must have the shape of u {tuple(u.shape)}, got {tuple(x.shape)}')
     for name, x in (('D', D), ('delta_bias', delta_bias)):
         if x is not None and tuple(x.shape) != (d, ):
-            raise ValueError(f'selective_scan: {name} must be ({d},), got {tuple(x.shape)}')
+            raise ValueError(f'{op}: {name} must be ({d},), got {tuple(x.shape)}')
     for name, x in (('B', B), ('C', C)):
-        fits = ((x.dim() == 2 and tuple(x.shape) == (d, n)) or (x.dim() == 3 and tuple(x.shape) == (b, n, l))
-                or (x.dim() == 4 and x.shape[0] == b and tuple(x.shape[2:]) == (n, l) and d % x.shape[1] == 0))
+        shape = tuple(x.shape)
+        if token_major:
+            fits = shape == (b, l, n) or (x.dim() == 4 and shape[:2] == (b, l) and shape[3] == n and d % shape[2] == 0)
+            forms = f'({b}, {l}, {n}) or ({b}, {l}, g, {n})'
+        else:
+            fits = (shape in ((d, n), (b, n, l))
+                    or (x.dim() == 4 and shape[0] == b and shape[2:] == (n, l) and d % shape[1] == 0))
+            forms = f'({d}, {n}) (time-invariant), ({b}, {n}, {l}) or ({b}, g, {n}, {l})'
         if not fits:
-            raise ValueError(f'selective_scan: {name} must be ({d}, {n}) (time-invariant), ({b}, {n}, {l}) or '
-                             f'({b}, g, {n}, {l}) with g dividing {d}; got {tuple(x.shape)}')
+            raise ValueError(f'{op}: {name} must be {forms} with g dividing {d}; got {shape}')
 
 
 def _per_channel(x, b, d, l):
@@ -41,9 +50,7 @@ def checked_b_c(u, delta, A, B, C, D, z, delta_bias):
     """What every non-kernel path does first: refuse complex A and bad shapes in one line; return B and C, a
     time-invariant ``(d, n)`` one broadcast to ``(b, d, n, l)`` (one group per channel: exact, but O(b d n l)
     memory; the Mamba blocks of DVMSR and MMA use time-varying B and C). Autograd sums its gradient back."""
-    if A.is_complex():
-        raise NotImplementedError('selective_scan: real A only (complex A is not supported off the CUDA kernel)')
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    _check_shapes('selective_scan', False, u, delta, A, B, C, D, z, delta_bias)
     if B.dim() == 2 or C.dim() == 2:
         b, d, l = u.shape
         B, C = _per_channel(B, b, d, l), _per_channel(C, b, d, l)
@@ -65,26 +72,5 @@ def fp32_inputs(u, delta, A, B, C, delta_bias, delta_softplus):
 
 
 def checked_token_shapes(u, delta, A, B, C, D, z, delta_bias):
-    """The token-major scan's inputs: u, delta, z (b, l, d); B, C (b, l, n) or (b, l, g, n) with g dividing d;
-    A (d, n); D, delta_bias (d,). One line naming the tensor that does not fit; complex A refused."""
-    if A.is_complex():
-        raise NotImplementedError('selective_scan_tokens: real A only (complex A is not supported off the CUDA kernel)')
-    if u.dim() != 3:
-        raise ValueError(f'selective_scan_tokens: u must be (b, l, d), got {tuple(u.shape)}')
-    b, l, d = u.shape
-    if A.dim() != 2 or A.shape[0] != d:
-        raise ValueError(f'selective_scan_tokens: A must be (d, n) = ({d}, n), got {tuple(A.shape)}')
-    n = A.shape[1]
-    for name, x in (('delta', delta), ('z', z)):
-        if x is not None and tuple(x.shape) != (b, l, d):
-            raise ValueError(f'selective_scan_tokens: {name} must have the shape of u {(b, l, d)}, '
-                             f'got {tuple(x.shape)}')
-    for name, x in (('D', D), ('delta_bias', delta_bias)):
-        if x is not None and tuple(x.shape) != (d, ):
-            raise ValueError(f'selective_scan_tokens: {name} must be ({d},), got {tuple(x.shape)}')
-    for name, x in (('B', B), ('C', C)):
-        fits = ((x.dim() == 3 and tuple(x.shape) == (b, l, n))
-                or (x.dim() == 4 and tuple(x.shape[:2]) == (b, l) and x.shape[3] == n and d % x.shape[2] == 0))
-        if not fits:
-            raise ValueError(f'selective_scan_tokens: {name} must be ({b}, {l}, {n}) or ({b}, {l}, g, {n}) with g '
-                             f'dividing {d}; got {tuple(x.shape)}')
+    """The token-major scan's inputs, refused in one line as :func:`checked_b_c` refuses the others."""
+    _check_shapes('selective_scan_tokens', True, u, delta, A, B, C, D, z, delta_bias)

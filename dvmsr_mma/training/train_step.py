@@ -1,27 +1,45 @@
 """``SRModel``'s training step with mixed precision and the NaN guard; shared by ``DistillationModel``.
 
-Patched into BasicSR's ``SRModel`` from :func:`dvmsr_mma.compat.apply` (rather than a new registered model) so
+Patched into BasicSR's ``SRModel`` from :func:`dvmsr_mma.training.compat.apply` (rather than a new registered model) so
 that ``model_type: SRModel`` option files keep working and gain ``train.amp``, ``train.nan_policy`` and
 ``val.amp``. Without those options the step computes exactly what BasicSR's does: the same forward, loss sum,
 ``backward``, optimizer step and EMA update, in the same order.
 
-- ``train.amp``: autocast (:mod:`dvmsr_mma.precision`) around the forward and the losses; fp16 scales the loss
-  with ``self.grad_scaler``, whose state goes into the training state (:mod:`dvmsr_mma.resume`).
-- ``train.nan_policy`` / ``nan_skip_limit``: :class:`dvmsr_mma.nan_guard.NanGuard` before ``backward`` (losses)
+- ``train.amp`` / ``val.amp`` = ``bf16 | fp16 | ~``: autocast (:func:`autocast`) around the forward and the losses;
+  fp16 scales the loss with ``self.grad_scaler`` (:func:`grad_scaler`), whose state goes into the training state
+  (:mod:`dvmsr_mma.training.resume`). Off (``~``, the default) is a null context and a disabled scaler, so a run
+  without the option computes exactly what it did before; fp16 needs the scaler (its small gradients underflow
+  otherwise), bf16 has fp32's range and needs none; CPU autocast takes both, so the tests run on CPU.
+- ``train.nan_policy`` / ``nan_skip_limit``: :class:`dvmsr_mma.training.nan_guard.NanGuard` before ``backward`` (losses)
   and before the optimizer step (gradients).
 - ``val.amp``: ``test()`` (validation, ``basicsr test``) under autocast; the output comes back as fp32.
 
 A model's ``optimize_parameters`` / ``test`` carrying ``AMP_AWARE`` honours these options; the option checks
 refuse them for models that train or test their own way (SRGANModel, ...), which would silently ignore them.
 """
+import contextlib
 import functools
 from collections import OrderedDict
-from typing import Callable, Dict, Iterator, Tuple
+from typing import Callable, ContextManager, Dict, Iterator, Optional, Tuple
 
 import torch
 
-from dvmsr_mma.nan_guard import NanGuard
-from dvmsr_mma.precision import autocast, grad_scaler
+from dvmsr_mma.training.nan_guard import NanGuard
+
+AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+AMP_CHOICES = (*AMP_DTYPES, None)  # what train.amp and val.amp accept (false means off as well)
+
+
+def autocast(device: torch.device, amp: Optional[str]) -> ContextManager:
+    """Autocast to ``amp``'s dtype on ``device``; nothing at all when ``amp`` is off."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def grad_scaler(device: torch.device, amp: Optional[str]) -> torch.amp.GradScaler:
+    """The loss scaler of a run: enabled for fp16 only (a disabled one is inert, and has no state to save)."""
+    return torch.amp.GradScaler(device.type, enabled=amp == 'fp16')
 
 AMP_AWARE = 'honours_amp_options'  # attribute set on optimize_parameters / test functions that use this module
 

@@ -1,5 +1,5 @@
 """Which network a checkpoint holds, read from its tensor shapes: the one detection behind ``basicsr infer`` /
-``export`` / ``lam`` / ``bench --weights W`` without ``--arch`` and the spandrel entries (:mod:`dvmsr_mma.spandrel`).
+``export`` / ``lam`` / ``bench --weights W`` without ``--arch`` and the spandrel entries (:mod:`.spandrel`).
 
 Every hyperparameter the weights fix comes from the shapes (width, depths / blocks, d_state, expand, d_conv,
 dt_rank, scale, channels, the upsampler); what they cannot tell is the released value: ``img_range`` 1 (the
@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from torch import nn
 
-from dvmsr_mma.errors import OptionError
+from dvmsr_mma.utils.errors import OptionError
 
 __all__ = ['DetectedNetwork', 'detect', 'is_dvmsr', 'is_mma', 'unflattened', 'check_agrees']
 
@@ -50,7 +50,7 @@ class DetectedNetwork:
 
 
 def unflattened(state: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The ``params_ema`` (else ``params``) tensors of a flat training ``.safetensors`` (``dvmsr_mma.checkpoint_io``
+    """The ``params_ema`` (else ``params``) tensors of a flat training ``.safetensors`` (``utils.checkpoint_io``
     stores ``{param_key: state_dict}`` as ``<param_key>.<name>``), as BasicSR loads them; other dicts as they are."""
     for key in ('params_ema.', 'params.'):
         inner = {k[len(key):]: v for k, v in state.items() if k.startswith(key)}

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
-from dvmsr_mma.errors import OptionError
+from dvmsr_mma.utils.errors import OptionError
 
 OPENCV_PIXEL_CAP = int(os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS', 1 << 30))
 

@@ -13,7 +13,8 @@ NODE_DISPLAY_NAME_MAPPINGS: Dict[str, str] = {}
 def load() -> List[str]:
     """Add the architectures to spandrel's ``MAIN_REGISTRY`` (again on a reload: a no-op) and log one line;
     returns their ids."""
-    from dvmsr_mma import __version__, spandrel
+    from dvmsr_mma import __version__
+    from dvmsr_mma.tools import spandrel
     spandrel.install(ignore_duplicates=True)
     ids = [entry.architecture.id for entry in spandrel.REGISTRY]
     logging.getLogger(__name__).info('dvmsr_mma %s: spandrel loads %s checkpoints now (Load Upscale Model)',

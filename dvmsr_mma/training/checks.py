@@ -3,11 +3,11 @@
 BasicSR 1.4.2 meets a bad input late and obscurely: a ``KeyError`` for a missing option, a ``TypeError`` deep in
 torch where PyYAML read ``2e-4`` as text, a bare ``assert`` for unpaired images, a ``ValueError`` at some batch
 (maybe hours in) for an HR/LR size mismatch or an image smaller than the patch, a ``RuntimeError`` listing every
-key of a checkpoint for another network. Here each is one :class:`~dvmsr_mma.errors.OptionError` line naming the
+key of a checkpoint for another network. Here each is one :class:`~dvmsr_mma.utils.errors.OptionError` line naming the
 option, the value or file, and the fix, raised right after the options are parsed (before the run folder, logger,
 datasets or networks exist) or, for a checkpoint's keys, as BasicSR loads it (the file is read once). Images are
 checked from their headers (or the shapes in an LMDB's ``meta_info.txt``), so even large datasets are checked in
-seconds. Types, ranges and known keys are the schema's (:mod:`dvmsr_mma.option_schema`, validated first, also on
+seconds. Types, ranges and known keys are the schema's (:mod:`.option_schema`, validated first, also on
 the file before ``parse_options`` indexes into it); this module keeps what a schema cannot say: files exist, HR/LR
 pairing and sizes, networks build and fit in memory, batches fit the dataset, weights fit the network.
 """
@@ -23,18 +23,11 @@ from PIL import Image
 from torch import nn
 
 from datasets_prep.common import IMG_EXTENSIONS, iter_image_files
-from dvmsr_mma.distillation_options import NO_TEACHER
-from dvmsr_mma.errors import OptionError
-from dvmsr_mma.option_schema import (
-    NUMBER_PATTERN,
-    network_arguments_problem,  # noqa: F401  (dvmsr_mma.infer imports it here)
-    not_a_number,
-    signature_parameters,
-    validate_options,
-    warn,
-)
-from dvmsr_mma.train_step import AMP_AWARE
-from dvmsr_mma.weights import check_finite, few_names, load_checkpoint, state_dict_mismatch, without_module_prefix
+from dvmsr_mma.tools.weights import check_finite, few_names, load_checkpoint, state_dict_mismatch, without_module_prefix
+from dvmsr_mma.training.option_schema import NO_TEACHER, NUMBER_PATTERN, not_a_number, validate_options, warn
+from dvmsr_mma.training.train_step import AMP_AWARE
+from dvmsr_mma.utils.errors import OptionError
+from dvmsr_mma.utils.signatures import signature_parameters
 
 _MISSING = object()
 IMAGENET_TYPES = ('ImageNetPretrainDataset', 'ImageNetPairedDataset')  # HR only, searching train/<wnid>/ folders
@@ -150,7 +143,7 @@ def _check_types(opt: Mapping[str, Any]) -> None:
     """The networks upsample by ``scale``, can be built with these arguments and fit in memory, and a distillation
     run names its teacher: BasicSR finds out only when it builds the model (a traceback, or the machine swapping)
     or at the first validation (a tensor size mismatch), after it has made the run's folder (which a rerun then
-    archives). Types and argument names are the schema's (:mod:`dvmsr_mma.option_schema`)."""
+    archives). Types and argument names are the schema's (:mod:`dvmsr_mma.training.option_schema`)."""
     from basicsr.utils.registry import ARCH_REGISTRY
 
     for key, network_opt in opt.items():
@@ -180,7 +173,7 @@ def _check_network_fits(key: str, arch: str, cls: Callable, kwargs: Mapping[str,
     ``meta`` for another reason is left to BasicSR."""
     import torch
 
-    from dvmsr_mma.infer import available_bytes, format_bytes
+    from dvmsr_mma.tools.infer import available_bytes, format_bytes
 
     linspace, module_init, built = torch.linspace, nn.Module.__init__, [0]
 
@@ -376,7 +369,7 @@ def _check_batch(where: str, dataset_opt: Mapping[str, Any], count: int) -> None
     batches and ends in a ZeroDivisionError) and the memory free now; an epoch's sample list stays reasonable."""
     import torch
 
-    from dvmsr_mma.infer import available_bytes, format_bytes
+    from dvmsr_mma.tools.infer import available_bytes, format_bytes
 
     ratio = dataset_opt.get('dataset_enlarge_ratio') or 1
     batch = dataset_opt.get('batch_size_per_gpu')
@@ -440,7 +433,7 @@ def _folder_images(option: str, root: str, recursive: bool) -> Dict[str, None]:
 
 def _image_size(option: str, root: str, name: str) -> Optional[Tuple[int, int]]:
     """(w, h) from the file's header; cv2 decodes what Pillow cannot open. A file with an image extension that
-    cannot be read is warned about and left to training, which skips it (:mod:`dvmsr_mma.bad_images`): None."""
+    cannot be read is warned about and left to training, which skips it (:mod:`dvmsr_mma.training.bad_images`): None."""
     path = osp.join(root, name)
     if not osp.isfile(path):
         raise OptionError(f'{option}: no such image: {path} (listed in meta_info_file); fix the list or add the image')

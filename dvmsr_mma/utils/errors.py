@@ -1,4 +1,10 @@
-"""Errors that mean "the user's input is wrong": the CLI prints them as one line, without a traceback."""
+"""The package's own exceptions, which the CLI turns into one line and an exit code, without a traceback.
+
+:class:`OptionError` and its kin mean "the user's input is wrong"; :class:`TrainingStopped` and its kin say why a
+training run ended early (a loss or gradient that is not finite, a SIGTERM/SIGINT), logged where it was found.
+A leaf module: every subpackage may import it.
+"""
+import signal
 from typing import Dict, Type
 
 
@@ -28,3 +34,22 @@ def option_error_as(documented: Type[BaseException], message: str) -> OptionErro
                                {'__doc__': f'An OptionError that is also a {documented.__name__}.',
                                 '__str__': RegistryKeyError.__str__, '__module__': __name__})
     return _AS[documented](message)
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose before ``total_iter``; ``exit_code`` is what ``basicsr train`` returns."""
+
+    exit_code = 1
+
+
+class TrainingDiverged(TrainingStopped):
+    """A non-finite loss or gradient (``train.nan_policy``); nothing of the bad step was saved."""
+
+
+class TrainingInterrupted(TrainingStopped):
+    """A SIGTERM/SIGINT: the state of the finished iteration was saved; exit code 128 + the signal number, as a
+    shell reports a process ended by that signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+        self.signal_name = signal.Signals(signum).name

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dvmsr_mma.errors import OptionError
+from dvmsr_mma.utils.errors import OptionError
 
 GINI_EPS = 1e-7  # the demo's gini() adds this to every value ("values cannot be 0")
 SIGMA_EPS = 1e-5  # the demo's isotropic_gaussian_kernel() adds this to sigma (sigma 0 is then a delta)
@@ -179,7 +179,7 @@ def local_attribution_map(net: nn.Module, lr: np.ndarray, window: Tuple[int, int
                     sr = out[-1].detach().float().cpu().numpy()
                 bar.update(len(steps))
     except RuntimeError as err:
-        from dvmsr_mma.infer import is_out_of_memory
+        from dvmsr_mma.tools.infer import is_out_of_memory
         if not is_out_of_memory(err):
             raise
         fix = f'pass a smaller --batch (e.g. --batch {max(1, batch // 2)})' if batch > 1 else 'use a smaller image'
@@ -279,12 +279,12 @@ def sr_image(sr: np.ndarray) -> np.ndarray:
 def load_network(model: Any, scale: Optional[int] = None, weights: Optional[str] = None) -> Tuple[nn.Module, int]:
     """(network with its weights, scale) from an option file / dict, an ``ARCH_REGISTRY`` name or (None) the weights
     of a DVMSR or MMA network alone, built as ``basicsr infer`` and ``bench`` build it
-    (:func:`dvmsr_mma.infer.load_network`, loaded strictly). Weights
+    (:func:`dvmsr_mma.tools.infer.load_network`, loaded strictly). Weights
     are required: the option file's ``path.pretrain_network_g`` or ``weights``; a map of random weights says
     nothing about a network (the Python API takes any ``nn.Module``, random ones included)."""
-    from dvmsr_mma.infer import build_network
-    from dvmsr_mma.infer import load_network as load_with_weights
-    from dvmsr_mma.weights import load_weights
+    from dvmsr_mma.tools.infer import build_network
+    from dvmsr_mma.tools.infer import load_network as load_with_weights
+    from dvmsr_mma.tools.weights import load_weights
     is_opt = model is not None and (not isinstance(model, str) or model.endswith(('.yml', '.yaml')))
     if not is_opt and not weights:
         raise OptionError('--arch needs --weights FILE' if model else 'give --weights FILE or -opt FILE')

@@ -1,5 +1,5 @@
 """ONNX export of a network (DVMSR, MMA or any registered one), checked in onnxruntime, and :class:`OnnxRunner`,
-which runs an exported model where :class:`~dvmsr_mma.infer.SRInferencer` would run the torch network.
+which runs an exported model where :class:`~dvmsr_mma.tools.infer.SRInferencer` would run the torch network.
 
 The graph is made by ``torch.export`` (``torch.onnx.export(dynamo=True)``, which needs ``onnxscript``), never on
 the CUDA kernels or the numba scan. The TorchScript exporter is not used: it traced the scan inside the PyTorch
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from dvmsr_mma.errors import OptionError
 from dvmsr_mma.ops import force_torch_ops
 from dvmsr_mma.ops.dispatch import ops_path
 from dvmsr_mma.ops.scan_graph import CHUNK
+from dvmsr_mma.utils.errors import OptionError
 
 FP32_TOLERANCE = 1e-4
 # An fp16 graph is checked against the fp32 PyTorch network. Measured on the released DVMSR x4, 64x64 uniform-noise
@@ -130,7 +130,7 @@ def _check_dynamic(session: Any, net: nn.Module, arch: str, size: Tuple[int, int
 
 def _temp_path(path: str) -> str:
     """A temporary name next to ``path`` (same file system, so the final ``os.replace`` is atomic), as the
-    package's checkpoints are written (``dvmsr_mma.checkpoint_io``)."""
+    package's checkpoints are written (``dvmsr_mma.utils.checkpoint_io``)."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise OptionError(f'--onnx: {path} is a folder; name the .onnx file to write')
@@ -266,7 +266,7 @@ def _check(path: str, net: nn.Module, arch: str, size: Tuple[int, int], fp16: bo
 
 
 class OnnxRunner:
-    """An exported model called like the torch network in :class:`~dvmsr_mma.infer.SRInferencer`:
+    """An exported model called like the torch network in :class:`~dvmsr_mma.tools.infer.SRInferencer`:
     (1, 3, h, w) float tensor in [0, 1] -> (1, 3, h*s, w*s) float32 tensor on the CPU, on onnxruntime's CPU provider.
 
     ``input_size`` is the graph's fixed (h, w), None for a dynamic graph; ``scale`` comes from the input and output

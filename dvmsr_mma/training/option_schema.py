@@ -6,14 +6,15 @@ declaration says which keys exist and what they hold: the top level, ``datasets.
 ``network_*`` (from the constructor signature of the registered arch), ``path``, ``train`` (the optimizer and
 scheduler built on a dummy parameter exactly as BasicSR builds them, losses from their constructors), ``val`` and
 its metrics, ``logger``, ``dist_params`` and this package's keys. The first problem is one
-:class:`~dvmsr_mma.errors.OptionError` line with the option path, what was found and what to write (an error that is
+:class:`~dvmsr_mma.utils.errors.OptionError` line with the option path, what was found and what to write (an error that
+is
 also the exception BasicSR documents for the same input, e.g. ``KeyError`` for an unregistered name); each unknown
 key is one warning line with the closest known name (``unknown_options: error`` makes it an error).
 
 pydantic (v2) rather than msgspec: its models are built at run time from constructor signatures
 (``create_model``), validators see a context (the machine's cores, the run's ``num_gpu``), and every error carries
 its location, which is the option path. What a schema cannot say (files exist, HR/LR pairing, weights fit) is in
-:mod:`dvmsr_mma.checks`.
+:mod:`dvmsr_mma.training.checks`.
 """
 import builtins
 import difflib
@@ -29,10 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 from pydantic_core import PydanticCustomError
 from typing_extensions import Annotated
 
-from dvmsr_mma.checkpoint_io import CHECKPOINT_FORMATS
-from dvmsr_mma.errors import OptionError, RegistryKeyError, option_error_as
-from dvmsr_mma.nan_guard import NAN_POLICIES
-from dvmsr_mma.precision import AMP_CHOICES
+from dvmsr_mma.training.nan_guard import NAN_POLICIES
+from dvmsr_mma.training.train_step import AMP_CHOICES
+from dvmsr_mma.utils.checkpoint_io import CHECKPOINT_FORMATS
+from dvmsr_mma.utils.errors import OptionError, RegistryKeyError, option_error_as
+from dvmsr_mma.utils.signatures import network_arguments_problem, signature_parameters
 
 WORKERS_PER_CORE = 2  # DataLoader worker processes allowed per CPU core (they mostly wait on decoding and I/O)
 MAX_PREFETCH_QUEUE = 64
@@ -132,7 +134,7 @@ def text(example: str = '', none_ok: bool = True) -> Any:
 
 
 def path_text(example: str) -> Any:
-    """A file or folder path (existence is :mod:`dvmsr_mma.checks`' business)."""
+    """A file or folder path (existence is :mod:`dvmsr_mma.training.checks`' business)."""
     def check(value: Any) -> Any:
         if value is None or isinstance(value, str):
             return value
@@ -256,7 +258,7 @@ class Dataset(Section):
     mean: numbers('mean: [0.5, 0.5, 0.5]') = None
     std: numbers('std: [0.5, 0.5, 0.5]') = None
     color: choice((None, 'y')) = None
-    max_bad_share: number(0, 1, 'max_bad_share: 0.01') = None  # dvmsr_mma.bad_images
+    max_bad_share: number(0, 1, 'max_bad_share: 0.01') = None  # dvmsr_mma.training.bad_images
 
 
 class PairedImageDataset(Dataset):
@@ -402,33 +404,6 @@ EXAMPLES = {  # option path (phase, metric -> *) -> how to write it, for "not se
 
 
 # ---------------------------------------------------------------------------------------------------- per type
-def signature_parameters(cls: Callable) -> Tuple[Mapping[str, inspect.Parameter], bool]:
-    """The named constructor parameters of ``cls``, and whether it takes ``**kwargs`` too (or has no signature)."""
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return {}, True
-    named = {name: p for name, p in params.items()
-             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
-    return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def network_arguments_problem(arch: str, cls: Callable, kwargs: Mapping[str, Any]) -> str:
-    """Why ``cls(**kwargs)`` would raise a ``TypeError`` (an unknown or a missing argument), said with the
-    arguments ``arch`` takes; '' when it would not."""
-    params, any_kwargs = signature_parameters(cls)
-    takes = f'{arch} takes {", ".join(params) or "no arguments"}'
-    for name in kwargs:
-        if name not in params and not any_kwargs:
-            close = difflib.get_close_matches(str(name), list(params), n=1, cutoff=0.8)
-            hint = f' (did you mean {close[0]}?)' if close else ''
-            return f'{arch} got an unexpected argument {name}{hint}; {takes}'
-    missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty and name not in kwargs]
-    if missing:
-        return f'{arch} needs {", ".join(missing)} (not set); {takes}'
-    return ''
-
-
 def _leaf_for_default(name: str, default: Any) -> Any:
     """The leaf a constructor argument takes, judged from its default (numbers: any real, as Python's would)."""
     if default is inspect.Parameter.empty or default is None:
@@ -728,3 +703,9 @@ def warn(lines: List[str]) -> None:
         if line not in _warned:
             _warned.add(line)
             print(f'warning: {line}', file=sys.stderr)
+
+
+# What the pre-flight checks and DistillationModel both say when the teacher is missing (the checks before
+# anything is built, the model when it is built directly).
+NO_TEACHER = ('path.pretrain_network_t is not set: DistillationModel needs the trained teacher weights, '
+              'e.g. experiments/<teacher run>/models/net_g_latest.pth')

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from basicsr.data.data_sampler import EnlargedSampler
 
-from dvmsr_mma.checkpoint_io import atomic_torch_save
+from dvmsr_mma.utils.checkpoint_io import atomic_torch_save
 
 _train_run: Dict[str, Any] = {}  # the train loader of the run in this process: sampler, batch size, batches/epoch
 

@@ -3,7 +3,7 @@
 BasicSR trains on after a loss turns NaN: the optimizer writes NaN into every weight, and each later checkpoint
 is broken. Here the loss terms are checked before ``backward`` and the gradients before the optimizer step, so
 a bad step never reaches the weights. ``stop`` (default) logs one line (iteration, loss term or parameter,
-learning rate) and raises :class:`~dvmsr_mma.stops.TrainingDiverged`: nothing of the step is saved, and the
+learning rate) and raises :class:`~dvmsr_mma.utils.errors.TrainingDiverged`: nothing of the step is saved, and the
 newest checkpoint and state are those from before it. ``skip`` drops the step (no optimizer step, no EMA
 update) and stops once ``nan_skip_limit`` steps in a row were bad. Under fp16 a non-finite gradient is the
 GradScaler's business (it skips the step and lowers the scale), so only the losses are checked.
@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from dvmsr_mma.stops import TrainingDiverged
+from dvmsr_mma.utils.errors import TrainingDiverged
 
 NAN_POLICIES = ('stop', 'skip')
 DEFAULT_SKIP_LIMIT = 10

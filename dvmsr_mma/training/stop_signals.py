@@ -4,9 +4,9 @@ Slurm preempts a job (or reaches its time limit) with SIGTERM, then SIGKILL afte
 passes a SIGTERM on to its ranks; Ctrl-C is SIGINT. While BasicSR's ``train_pipeline`` runs, the first of these
 signals only sets a flag. The current iteration finishes; right after its ``optimize_parameters`` the model
 saves its networks and training state (atomically, as every save here) for that iteration, the line naming
-them is logged, and :class:`~dvmsr_mma.stops.TrainingInterrupted` ends the run with exit code 128 + signal.
+them is logged, and :class:`~dvmsr_mma.utils.errors.TrainingInterrupted` ends the run with exit code 128 + signal.
 The state is the one a periodic save at that iteration would have written (nothing draws a random number in
-between), so ``--auto_resume`` goes on bit-identically (:mod:`dvmsr_mma.resume`). A second signal ends the
+between), so ``--auto_resume`` goes on bit-identically (:mod:`dvmsr_mma.training.resume`). A second signal ends the
 process at once, as the signal itself would.
 
 Distributed runs: each iteration the ranks agree (one all-reduce of one number) on whether any of them got a
@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import torch
 import torch.distributed as dist
 
-from dvmsr_mma.stops import TrainingInterrupted
+from dvmsr_mma.utils.errors import TrainingInterrupted
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _armed: Dict[str, Optional[int]] = {'pid': None}  # the process whose handlers are installed
@@ -81,7 +81,7 @@ def save_and_stop(model: Any, current_iter: int, signum: int) -> None:
     """Save ``model`` at ``current_iter`` (rank 0), wait for it on every rank, log where, raise."""
     from basicsr.utils import get_root_logger
 
-    from dvmsr_mma.resume import current_epoch
+    from dvmsr_mma.training.resume import current_epoch
 
     model.save(current_epoch(), current_iter)
     if _distributed():

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from datasets_prep.common import name_list
-from dvmsr_mma.checkpoint_io import nest_param_keys
-from dvmsr_mma.errors import OptionError
+from dvmsr_mma.utils.checkpoint_io import nest_param_keys
+from dvmsr_mma.utils.errors import OptionError
 
 
 def few_names(names: Iterable[Any]) -> str:
@@ -41,7 +41,7 @@ def load_checkpoint(path: str) -> Any:
 
 def _load_safetensors(path: str) -> Dict[str, Any]:
     """A plain state dict, or ``{param_key: state_dict}`` for a training checkpoint of this package (its metadata
-    lists the param keys: :mod:`dvmsr_mma.checkpoint_io`)."""
+    lists the param keys: :mod:`dvmsr_mma.utils.checkpoint_io`)."""
     try:
         from safetensors import safe_open
     except ImportError as err:

@@ -31,7 +31,7 @@ from torch import nn
 
 def parse_size(size: str) -> Tuple[int, int]:
     """'256x256' or '256' -> (h, w)."""
-    from dvmsr_mma.errors import OptionError
+    from dvmsr_mma.utils.errors import OptionError
     try:
         parts = [int(v) for v in str(size).lower().split('x')]
     except ValueError:
@@ -158,7 +158,7 @@ def psnr_on(net: nn.Module, scale: int, dataset_dir: str, device: Optional[str] 
 
     from basicsr.metrics import calculate_psnr
 
-    from dvmsr_mma.infer import SRInferencer, read_image
+    from dvmsr_mma.tools.infer import SRInferencer, read_image
     hr_dir, lr_dir = os.path.join(dataset_dir, 'HR'), os.path.join(dataset_dir, 'LR_bicubic', f'X{scale}')
     if not os.path.isdir(hr_dir) or not os.path.isdir(lr_dir):
         raise FileNotFoundError(f'--psnr-on: expected {hr_dir} and {lr_dir}')
@@ -184,8 +184,8 @@ def benchmark(model: Any, scale: Optional[int] = None, size=(256, 256), device: 
               weights: Optional[str] = None) -> Dict[str, Any]:
     """Everything ``basicsr bench`` prints, as a dict. ``model``: nn.Module, option file/dict or registry name, or
     None with the ``weights`` of a DVMSR or MMA network (built from their shapes)."""
-    from dvmsr_mma.infer import build_network, load_network
-    from dvmsr_mma.weights import load_weights
+    from dvmsr_mma.tools.infer import build_network, load_network
+    from dvmsr_mma.tools.weights import load_weights
     if isinstance(size, str):
         size = parse_size(size)
     if isinstance(model, nn.Module):

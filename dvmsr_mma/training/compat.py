@@ -26,8 +26,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from dvmsr_mma.checkpoint_io import CHECKPOINT_FORMATS, atomic_safetensors_save, atomic_torch_save
-from dvmsr_mma.errors import OptionError, RegistryKeyError
+from dvmsr_mma.utils.checkpoint_io import CHECKPOINT_FORMATS, atomic_safetensors_save, atomic_torch_save
+from dvmsr_mma.utils.errors import OptionError, RegistryKeyError
 
 _applied = False
 
@@ -154,7 +154,7 @@ class _TorchWithAtomicSave(types.ModuleType):
 
 def _saving_network(save_network):
     """Wrap ``BaseModel.save_network``: with ``logger.save_checkpoint_format: safetensors`` the same
-    ``{param_key: state_dict}`` goes to ``<label>_<iter>.safetensors`` (layout: :mod:`dvmsr_mma.checkpoint_io`),
+    ``{param_key: state_dict}`` goes to ``<label>_<iter>.safetensors`` (layout: :mod:`dvmsr_mma.utils.checkpoint_io`),
     atomically like the ``.pth`` files; upstream writes ``.pth`` only."""
 
     @functools.wraps(save_network)
@@ -323,15 +323,15 @@ def apply() -> None:
     dist_util.init_dist = basicsr.utils.options.init_dist = _init_dist
     base_model.BaseModel.model_to_device = _model_to_device
     base_model.BaseModel.save_network = _saving_network(base_model.BaseModel.save_network)
-    from dvmsr_mma import checks  # one-line errors for bad inputs; installed first so _checked stays outermost
+    from dvmsr_mma.training import checks  # one-line errors for bad inputs; installed first so _checked stays outermost
     checks.install()
     basicsr.train.parse_options = _checked(basicsr.train.parse_options)
     basicsr.test.parse_options = _checked(basicsr.test.parse_options)
-    from dvmsr_mma import resume, stop_signals, train_step  # import basicsr: only after the fixes above
+    from dvmsr_mma.training import resume, stop_signals, train_step  # import basicsr: only after the fixes above
     resume.install()
     train_step.install()
     stop_signals.install()
-    from dvmsr_mma import bad_images  # bad images never end a run
+    from dvmsr_mma.training import bad_images  # bad images never end a run
     bad_images.install()
     logging.getLogger('basicsr').debug('dvmsr_mma: basicsr compatibility patches applied')
     _applied = True

@@ -22,9 +22,8 @@ from typing import Any, Callable, Dict, Optional
 import cv2
 from torch.utils.data import Dataset
 
-from dvmsr_mma.errors import OptionError
-from dvmsr_mma.image_io import ImageReadError, decode
-from dvmsr_mma.stops import TrainingStopped
+from dvmsr_mma.tools.image_io import ImageReadError, decode
+from dvmsr_mma.utils.errors import OptionError, TrainingStopped
 
 DEFAULT_MAX_BAD_SHARE = 0.01
 STRIDE = 7919  # a prime: the replacements of one index walk the whole dataset before repeating
@@ -188,7 +187,7 @@ def _stopped(message: str) -> TooManyBadImages:
     was logged where it was found)."""
     from basicsr.utils import get_root_logger
 
-    from dvmsr_mma.resume import current_epoch
+    from dvmsr_mma.training.resume import current_epoch
 
     model, current_iter = _run['model'], _run['iter']
     if model is not None and current_iter is not None:
