@@ -20,7 +20,7 @@ def _check_shapes(op, token_major, u, delta, A, B, C, D, z, delta_bias):
         raise ValueError(f'{op}: A must be (d, n) = ({d}, n), got {tuple(A.shape)}')
     n = A.shape[1]
     for name, x in (('delta', delta), ('z', z)):
-        if x is not None and x.shape != u.shape:
+        if x is not None and tuple(x.shape) != tuple(u.shape):
             raise ValueError(f'{op}: {name} must have the shape of u {tuple(u.shape)}, got {tuple(x.shape)}')
     for name, x in (('D', D), ('delta_bias', delta_bias)):
         if x is not None and tuple(x.shape) != (d, ):
@@ -29,12 +29,12 @@ def _check_shapes(op, token_major, u, delta, A, B, C, D, z, delta_bias):
         shape = tuple(x.shape)
         if token_major:
             fits = shape == (b, l, n) or (x.dim() == 4 and shape[:2] == (b, l) and shape[3] == n and d % shape[2] == 0)
-            forms = f'({b}, {l}, {n}) or ({b}, {l}, g, {n})'
         else:
-            fits = (shape in ((d, n), (b, n, l))
+            fits = ((x.dim() == 2 and shape == (d, n)) or (x.dim() == 3 and shape == (b, n, l))
                     or (x.dim() == 4 and shape[0] == b and shape[2:] == (n, l) and d % shape[1] == 0))
-            forms = f'({d}, {n}) (time-invariant), ({b}, {n}, {l}) or ({b}, g, {n}, {l})'
-        if not fits:
+        if not fits:  # the sizes are formatted only here: under torch.export, str() of a symbolic size fixes it
+            forms = (f'({b}, {l}, {n}) or ({b}, {l}, g, {n})' if token_major else
+                     f'({d}, {n}) (time-invariant), ({b}, {n}, {l}) or ({b}, g, {n}, {l})')
             raise ValueError(f'{op}: {name} must be {forms} with g dividing {d}; got {shape}')
 
 
