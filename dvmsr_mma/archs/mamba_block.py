@@ -146,8 +146,11 @@ class Mamba(nn.Module):
         b, l, k = x.shape
         return (weight @ x.reshape(b * l, k).t()).view(weight.shape[0], b, l).permute(1, 0, 2)
 
-    def _ssm(self, xz, conv1d, x_proj, dt_proj, A_log, D):
-        """One direction of ``mamba_inner_fn_no_out_proj``: xz (b, 2*d_inner, l) -> y (b, d_inner, l)."""
+    def _ssm(self, xz, conv1d, x_proj, dt_proj, A_log, D, reverse):
+        """One direction of ``mamba_inner_fn_no_out_proj``: xz (b, 2*d_inner, l) -> y (b, d_inner, l); ``reverse``:
+        on the exact reverse of the sequence (x and the gate z), flipped back."""
+        if reverse:
+            return self._ssm(xz.flip(-1), conv1d, x_proj, dt_proj, A_log, D, False).flip(-1)
         x, z = xz.chunk(2, dim=1)  # (b, d_inner, l) each
         x = causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias, activation='silu')  # weight (d, 1, w) -> (d, w)
         x_dbl = x_proj(x.transpose(1, 2))  # (b, l, dt_rank + 2 * d_state)
@@ -160,7 +163,7 @@ class Mamba(nn.Module):
 
     def _ssm_tokens(self, xz, conv1d, x_proj, dt_proj, A_log, D, reverse):
         """:meth:`_ssm` token-major: xz (b, l, 2*d_inner) -> y (b, l, d_inner), every tensor read where the
-        matmuls put it; ``reverse``: the direction of the flipped sequence, without flipping."""
+        matmuls put it; ``reverse`` runs the kernels backwards in time instead of flipping."""
         x, z = xz.chunk(2, dim=-1)  # (b, l, d_inner) views
         x = causal_conv1d_tokens(x, conv1d.weight.squeeze(1), conv1d.bias, activation='silu', reverse=reverse)
         dt, B, C = torch.split(x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -169,30 +172,22 @@ class Mamba(nn.Module):
         return selective_scan_tokens(x, delta, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(),
                                      delta_softplus=True, reverse=reverse)
 
-    def _forward_tokens(self, hidden_states):
-        xz = self.in_proj(hidden_states)  # (b, l, 2*d_inner)
-        y = self._ssm_tokens(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, False)
-        if self.bimamba_type == 'v2':
-            y = y + self._ssm_tokens(xz, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, True)
-            if self.if_divide_out:
-                y = y / 2
-        return self.out_proj(y.to(self.out_proj.weight.dtype))
-
     def forward(self, hidden_states):
         """hidden_states: (b, l, d_model) -> (b, l, d_model)."""
-        if token_major(hidden_states):
-            return self._forward_tokens(hidden_states)
-        xz = self._channels_first(self.in_proj.weight, hidden_states)  # (b, 2*d_inner, l)
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
-        y = self._ssm(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
-        if self.bimamba_type == 'v2':
-            # Backward branch: the exact reverse of the sequence (x and the gate z), flipped back before the sum.
-            y_b = self._ssm(xz.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
-            y = y + y_b.flip(-1)
+        tokens = token_major(hidden_states)
+        if tokens:
+            xz, ssm = self.in_proj(hidden_states), self._ssm_tokens  # (b, l, 2*d_inner)
+        else:
+            xz, ssm = self._channels_first(self.in_proj.weight, hidden_states), self._ssm  # (b, 2*d_inner, l)
+            if self.in_proj.bias is not None:
+                xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
+        y = ssm(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, False)
+        if self.bimamba_type == 'v2':  # the backward branch: the reversed sequence, summed in sequence order
+            y = y + ssm(xz, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, True)
             if self.if_divide_out:
                 y = y / 2
-        return self.out_proj(y.transpose(1, 2).to(self.out_proj.weight.dtype))  # (b, d_inner, l) -> (b, l, d_model)
+        y = y if tokens else y.transpose(1, 2)  # (b, l, d_inner)
+        return self.out_proj(y.to(self.out_proj.weight.dtype))
 
     def extra_repr(self):
         return (f'd_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, '

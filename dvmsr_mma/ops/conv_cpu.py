@@ -20,13 +20,15 @@ from .numba_runtime import (
     EMPTY1,
     MATH_FLAGS,
     SOURCE_KEY,
+    bases,
+    channels_contiguous,
     exp32,
     f32_at,
     flat,
+    geometry,
     prefetch_row,
     run_tasks,
     stack_f32,
-    token_major,
 )
 
 __all__ = ['causal_conv1d_tokens_cpu']
@@ -49,8 +51,8 @@ def _kernels():
         (or pre); ``grad``: gpre = gout * silu'(pre) instead of y."""
         assert key == SOURCE_KEY
         acc = numba.carray(stack_f32(row), row)
-        px, py = geo[0, 0] + batch * geo[0, 1], geo[1, 0] + batch * geo[1, 1]
-        pgo = geo[2, 0] + batch * geo[2, 1]
+        p = bases(geo, batch, 0, 0)
+        px, py, pgo = p[0], p[1], p[2]
         has_bias = bias.shape[0] > 0
         for s in range(s0, s1):
             if s + ahead < seqlen:
@@ -103,7 +105,8 @@ def _kernels():
         gw32 = np.empty((width, row), np.float32)
         gb32 = numba.carray(stack_f32(row), row)
         gw64, gb64 = np.empty((width, row), np.float64), np.empty(row, np.float64)
-        px, pgx = geo[0, 0] + batch * geo[0, 1], geo[3, 0] + batch * geo[3, 1]
+        p = bases(geo, batch, 0, 0)
+        px, pgx = p[0], p[3]
         for c0 in range(0, d, row):
             w = min(row, d - c0)
             gw64[:] = 0.0
@@ -150,17 +153,6 @@ def _kernels():
     return forward_block, backward_block
 
 
-def _geometry(tensors, seqlen: int, reverse: bool) -> np.ndarray:
-    rows = []
-    for x in tensors:
-        if x is None:
-            rows.append((0, 0, 0))
-            continue
-        step = x.stride(1)
-        rows.append(((seqlen - 1) * step if reverse else 0, x.stride(0), -step if reverse else step))
-    return np.array(rows, np.int64)
-
-
 def _blocks(b: int, seqlen: int):
     return [(i, s0, min(seqlen, s0 + BLOCK_STEPS)) for i in range(b) for s0 in range(0, seqlen, BLOCK_STEPS)]
 
@@ -171,42 +163,38 @@ class _CausalConv1dTokens(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, silu, reverse):
         b, seqlen, d = x.shape
-        width = weight.shape[1]
         w_t = weight.detach().float().t().contiguous()  # (width, d): a row of channels per tap
-        bias32 = EMPTY1 if bias is None else bias.detach().float().contiguous().numpy()
+        bias32 = None if bias is None else bias.detach().float().contiguous()
         y = x.new_empty(b, seqlen, d)
         forward_block, _ = _kernels()
-        arrays = (flat(x)[0], flat(y)[0], EMPTY1, EMPTY1, w_t.view(-1).numpy(), bias32,
-                  _geometry([x, y, None], seqlen, reverse))
-        run_tasks([(*arrays, i, s0, s1, seqlen, d, width, silu, False) for i, s0, s1 in _blocks(b, seqlen)],
+        arrays = (flat(x), flat(y), EMPTY1, EMPTY1, flat(w_t), flat(bias32), geometry([x, y, None], seqlen, reverse))
+        run_tasks([(*arrays, i, s0, s1, seqlen, d, w_t.shape[0], silu, False) for i, s0, s1 in _blocks(b, seqlen)],
                   forward_block)
-        ctx.save_for_backward(x, weight, bias)
-        ctx.options = (silu, reverse)
+        ctx.save_for_backward(x, w_t, bias32)
+        ctx.options = (silu, reverse, weight.dtype, None if bias is None else bias.dtype)
         return y
 
     @staticmethod
     def backward(ctx, gout):
-        x, weight, bias = ctx.saved_tensors
-        silu, reverse = ctx.options
+        x, w_t, bias32 = ctx.saved_tensors
+        silu, reverse, weight_dtype, bias_dtype = ctx.options
         b, seqlen, d = x.shape
-        width = weight.shape[1]
-        gout = token_major(gout)
-        w_t = weight.detach().float().t().contiguous()
-        bias32 = EMPTY1 if bias is None else bias.detach().float().contiguous().numpy()
+        width = w_t.shape[0]
+        gout = channels_contiguous(gout)
         gpre = x.new_empty(b, seqlen, d)  # d loss / d pre-activation, in scan order
         g_x = x.new_empty(b, seqlen, d)
         blocks = _blocks(b, seqlen)
         g_w = np.empty((len(blocks), width * d), np.float64)
         g_b = np.empty((len(blocks), d), np.float64)
-        geo = _geometry([x, None, gout, g_x], seqlen, reverse)
+        geo = geometry([x, None, gout, g_x], seqlen, reverse)
         forward_block, backward_block = _kernels()
-        run_tasks([(flat(x)[0], EMPTY1, gpre.view(-1).numpy(), flat(gout)[0], w_t.view(-1).numpy(), bias32, geo, i,
-                    s0, s1, seqlen, d, width, silu, True) for i, s0, s1 in blocks], forward_block)
-        run_tasks([(flat(x)[0], gpre.view(-1).numpy(), flat(g_x)[0], w_t.view(-1).numpy(), g_w, g_b, geo, k, i, s0, s1,
-                    seqlen, d, width) for k, (i, s0, s1) in enumerate(blocks)], backward_block)
+        run_tasks([(flat(x), EMPTY1, flat(gpre), flat(gout), flat(w_t), flat(bias32), geo, i, s0, s1, seqlen, d, width,
+                    silu, True) for i, s0, s1 in blocks], forward_block)
+        run_tasks([(flat(x), flat(gpre), flat(g_x), flat(w_t), g_w, g_b, geo, k, i, s0, s1, seqlen, d, width)
+                   for k, (i, s0, s1) in enumerate(blocks)], backward_block)
         # block sums added in block order (numpy adds along the first axis row by row)
-        g_weight = torch.from_numpy(g_w.sum(0).reshape(width, d)).t().to(weight.dtype)
-        g_bias = None if bias is None else torch.from_numpy(g_b.sum(0)).to(bias.dtype)
+        g_weight = torch.from_numpy(g_w.sum(0).reshape(width, d)).t().to(weight_dtype)
+        g_bias = None if bias_dtype is None else torch.from_numpy(g_b.sum(0)).to(bias_dtype)
         return g_x, g_weight, g_bias, None, None
 
 
@@ -215,6 +203,6 @@ def causal_conv1d_tokens_cpu(x: torch.Tensor, weight: torch.Tensor, bias: Option
     """The numba conv on token-major x (b, l, d): weight (d, width), bias (d,), activation None, 'silu' or
     'swish'. ``reverse``: the conv of the flipped sequence, flipped back. Returns (b, l, d), contiguous, in x's
     dtype; fp32 x with contiguous channels is read in place, anything else converted first."""
-    y = _CausalConv1dTokens.apply(token_major(x), weight, bias, activation is not None, reverse)
+    y = _CausalConv1dTokens.apply(channels_contiguous(x), weight, bias, activation is not None, reverse)
     return y.to(x.dtype)
 

@@ -183,14 +183,39 @@ def run_tasks(tasks: List[tuple], fn) -> None:
             helper.result()
 
 
-def flat(x: torch.Tensor) -> Tuple[np.ndarray, Tuple[int, ...]]:
-    """The 1-D float32 array numba reads ``x`` (fp32, last stride 1) through, starting at ``x``'s first element,
-    and ``x``'s strides; no copy (the array spans the storage from the first element to the last)."""
+def flat(x: Optional[torch.Tensor]) -> np.ndarray:
+    """The 1-D float32 array numba reads ``x`` (fp32, last stride 1) through, from ``x``'s first element to its
+    last (no copy); an empty array for an absent optional input."""
+    if x is None:
+        return EMPTY1
     span = 1 + sum((size - 1) * stride for size, stride in zip(x.shape, x.stride())) if x.numel() else 0
-    return x.detach().as_strided((span, ), (1, ), x.storage_offset()).numpy(), tuple(x.stride())
+    return x.detach().as_strided((span, ), (1, ), x.storage_offset()).numpy()
 
 
-def token_major(x: torch.Tensor) -> torch.Tensor:
+def geometry(tensors: List[Optional[torch.Tensor]], seqlen: int, reverse: bool) -> np.ndarray:
+    """How the kernels walk each (b, l, ...) tensor, one row each: the offset of scan step 0, the batch stride, the
+    step stride (negative for a reverse scan, which starts at the last time step), the group stride and the channel
+    stride. A (b, l, d) tensor is indexed by channel (stride 1); a (b, l, g, n) one (B, C) by group, its channels
+    sharing a row. :func:`bases` turns a row into a task's start offset."""
+    rows = []
+    for x in tensors:
+        if x is None:
+            rows.append((0, 0, 0, 0, 0))
+            continue
+        step = x.stride(1)
+        grouped = x.dim() == 4
+        rows.append(((seqlen - 1) * step if reverse else 0, x.stride(0), -step if reverse else step,
+                     x.stride(2) if grouped else 0, 0 if grouped else 1))
+    return np.array(rows, np.int64)
+
+
+@numba.njit(error_model='numpy', cache=True)
+def bases(geo, batch, c0, group):
+    """Per tensor of :func:`geometry`: the offset of scan step 0 of the task at (batch, first channel, group)."""
+    return geo[:, 0] + batch * geo[:, 1] + group * geo[:, 3] + c0 * geo[:, 4]
+
+
+def channels_contiguous(x: torch.Tensor) -> torch.Tensor:
     """``x`` as the kernels read it: float32 with contiguous channels (the last dim), other strides as they are.
     A copy only for other dtypes or layouts."""
     x = x.float()

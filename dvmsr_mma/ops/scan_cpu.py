@@ -27,19 +27,20 @@ import numpy as np
 import torch
 
 from .numba_runtime import (
-    EMPTY1,
     FLAGS,
     MATH_FLAGS,
     SOURCE_KEY,
+    bases,
+    channels_contiguous,
     exp32,
     f32_at,
     flat,
+    geometry,
     log1p_small,
     parts,
     prefetch_row,
     run_tasks,
     stack_f32,
-    token_major,
 )
 from .scan_inputs import checked_b_c, checked_token_shapes
 
@@ -51,8 +52,7 @@ FORWARD_WIDTH = 64  # channels per forward task: whole rows of DVMSR's 120 and M
 BACKWARD_WIDTH = 32  # per backward task: its chunk of states and decays (33 + 32 rows of n x 32) stays in L2
 AHEAD = 16  # steps: rows are prefetched this far ahead in scan order (see numba_runtime.prefetch)
 
-# geometry rows, one per tensor the kernels read or write: (offset of step 0, batch stride, step stride, group
-# stride); a reverse scan starts at the last time step and steps back
+# the rows of numba_runtime.geometry, one per tensor the kernels read or write
 U, DELTA, Z, B_, C_, Y, GOUT, GU, GDELTA, GZ, GB, GC = range(12)
 
 
@@ -136,10 +136,7 @@ def _kernels(npad: int) -> Tuple[Callable, Callable]:
         for x in (dt, du, acc):
             x[:] = np.float32(0.0)
         bias_r, D_r = _part_setup(A, a, bias, D, n, c0, w)
-        pu, pd = geo[U, 0] + batch * geo[U, 1] + c0, geo[DELTA, 0] + batch * geo[DELTA, 1] + c0
-        pz, py = geo[Z, 0] + batch * geo[Z, 1] + c0, geo[Y, 0] + batch * geo[Y, 1] + c0
-        pb = geo[B_, 0] + batch * geo[B_, 1] + group * geo[B_, 3]
-        pc = geo[C_, 0] + batch * geo[C_, 1] + group * geo[C_, 3]
+        pu, pd, pz, pb, pc, py = bases(geo, batch, c0, group)[:Y + 1]
         for s in range(seqlen):
             if s + ahead < seqlen:
                 sa = s + ahead
@@ -215,13 +212,7 @@ def _kernels(npad: int) -> Tuple[Callable, Callable]:
         for x in (gy, gdu, gda):
             x[:] = np.float32(0.0)
         bias_r, D_r = _part_setup(A, a, bias, D, n, c0, w)
-        pu, pd = geo[U, 0] + batch * geo[U, 1] + c0, geo[DELTA, 0] + batch * geo[DELTA, 1] + c0
-        pz, pgo = geo[Z, 0] + batch * geo[Z, 1] + c0, geo[GOUT, 0] + batch * geo[GOUT, 1] + c0
-        pgu, pgd = geo[GU, 0] + batch * geo[GU, 1] + c0, geo[GDELTA, 0] + batch * geo[GDELTA, 1] + c0
-        pgz = geo[GZ, 0] + batch * geo[GZ, 1] + c0
-        pb = geo[B_, 0] + batch * geo[B_, 1] + group * geo[B_, 3]
-        pc = geo[C_, 0] + batch * geo[C_, 1] + group * geo[C_, 3]
-        pgb, pgc = geo[GB, 0] + batch * geo[GB, 1], geo[GC, 0] + batch * geo[GC, 1]
+        pu, pd, pz, pb, pc, _, pgo, pgu, pgd, pgz, pgb, pgc = bases(geo, batch, c0, group)
         for j in range(nchunks - 1, -1, -1):
             t0 = j * K
             steps = min(K, seqlen - t0)
@@ -345,23 +336,6 @@ def _kernels(npad: int) -> Tuple[Callable, Callable]:
     return forward_part, backward_part
 
 
-def _geometry(tensors: List[Optional[torch.Tensor]], seqlen: int, reverse: bool) -> np.ndarray:
-    """One row per tensor (b, l, ...): offset of scan step 0, batch stride, step stride, group stride."""
-    rows = []
-    for x in tensors:
-        if x is None:
-            rows.append((0, 0, 0, 0))
-            continue
-        step = x.stride(1)
-        rows.append(((seqlen - 1) * step if reverse else 0, x.stride(0), -step if reverse else step,
-                     x.stride(2) if x.dim() == 4 else 0))
-    return np.array(rows, np.int64)
-
-
-def _array(x: Optional[torch.Tensor]) -> np.ndarray:
-    return EMPTY1 if x is None else flat(x)[0]
-
-
 def _part_tasks(b: int, d: int, groups: int, width: int) -> List[Tuple[int, int, int, int]]:
     """(batch, first channel, count, group) for every part of every group; no part crosses a group."""
     per_group = d // groups
@@ -379,55 +353,52 @@ class _SelectiveScanTokens(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
         b, seqlen, d = u.shape
         groups, n = B.shape[2], B.shape[3]
-        A_t = A.detach().float().t().contiguous()  # (n, d): a row of channels per state
+        # what the kernels read of the parameters: A as a row of channels per state (n, d), fp32 bias and D
+        A_t = A.detach().float().t().contiguous()
         bias = u.new_zeros(d) if delta_bias is None else delta_bias.detach().float().contiguous()
         D32 = None if D is None else D.detach().float().contiguous()
         save = any(ctx.needs_input_grad)
-        nchunks = math.ceil(seqlen / CHECKPOINT_STEPS)
-        hc = u.new_empty(b, nchunks, n, d) if save else None
+        hc = u.new_empty(b, math.ceil(seqlen / CHECKPOINT_STEPS), n, d) if save else None
         y = u.new_empty(b, seqlen, d)
-        geo = _geometry([u, delta, z, B, C, y], seqlen, reverse)
-        arrays = (_array(u), _array(delta), _array(z), _array(B), _array(C), _array(y), _array(hc), geo,
-                  _array(A_t.view(-1)), _array(bias), _array(D32))
+        arrays = (flat(u), flat(delta), flat(z), flat(B), flat(C), flat(y), flat(hc),
+                  geometry([u, delta, z, B, C, y], seqlen, reverse), flat(A_t), flat(bias), flat(D32))
         forward_part, _ = _kernels(_states_padded(n))
         run_tasks([(*arrays, i, c0, w, g, n, seqlen, delta_softplus, save)
                    for i, c0, w, g in _part_tasks(b, d, groups, FORWARD_WIDTH)], forward_part)
         if save:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hc)
-            ctx.options = (delta_softplus, reverse)
+            ctx.save_for_backward(u, delta, B, C, z, hc, A_t, bias, D32)
+            ctx.options = (delta_softplus, reverse, A.dtype, None if D is None else D.dtype,
+                           None if delta_bias is None else delta_bias.dtype)
         return y
 
     @staticmethod
     def backward(ctx, gout):
-        u, delta, A, B, C, D, z, delta_bias, hc = ctx.saved_tensors
-        delta_softplus, reverse = ctx.options
+        u, delta, B, C, z, hc, A_t, bias, D32 = ctx.saved_tensors
+        delta_softplus, reverse, A_dtype, D_dtype, bias_dtype = ctx.options
         b, seqlen, d = u.shape
         groups, n = B.shape[2], B.shape[3]
-        gout = token_major(gout)
-        A_t = A.detach().float().t().contiguous()
-        bias = u.new_zeros(d) if delta_bias is None else delta_bias.detach().float().contiguous()
-        D32 = None if D is None else D.detach().float().contiguous()
+        gout = channels_contiguous(gout)
         tasks = _part_tasks(b, d, groups, BACKWARD_WIDTH)
+        per_batch = len(tasks) // b
         g_u, g_delta = u.new_empty(b, seqlen, d), u.new_empty(b, seqlen, d)
         g_z = None if z is None else u.new_empty(b, seqlen, d)
-        g_Bp = u.new_empty(len(tasks) // b, b, seqlen, n)  # one slice per part: its sum over its channels
-        g_Cp = u.new_empty(len(tasks) // b, b, seqlen, n)
+        g_Bp = u.new_empty(per_batch, b, seqlen, n)  # one slice per part: its sum over its channels
+        g_Cp = u.new_empty(per_batch, b, seqlen, n)
         g_A = torch.empty(b, n, d, dtype=torch.float64)
         g_D, g_bias = torch.empty(b, d, dtype=torch.float64), torch.empty(b, d, dtype=torch.float64)
-        geo = _geometry([u, delta, z, B, C, None, gout, g_u, g_delta, g_z, g_Bp[0].unsqueeze(2), g_Cp[0].unsqueeze(2)],
-                        seqlen, reverse)
-        common = (_array(u), _array(delta), _array(z), _array(B), _array(C), _array(gout), _array(hc), _array(g_u),
-                  _array(g_delta), _array(g_z))
-        tail = (geo, _array(A_t.view(-1)), _array(bias), _array(D32), g_A.numpy(), g_D.numpy(), g_bias.numpy())
-        per_batch = len(tasks) // b
+        # a part's B and C rows: one per step, whatever the part's group (a group dim of stride 0)
+        part_rows = g_Bp[0].unsqueeze(2).expand(-1, -1, groups, -1)
+        geo = geometry([u, delta, z, B, C, None, gout, g_u, g_delta, g_z, part_rows, part_rows], seqlen, reverse)
+        common = (flat(u), flat(delta), flat(z), flat(B), flat(C), flat(gout), flat(hc), flat(g_u), flat(g_delta),
+                  flat(g_z))
+        tail = (geo, flat(A_t), flat(bias), flat(D32), g_A.numpy(), g_D.numpy(), g_bias.numpy())
         _, backward_part = _kernels(_states_padded(n))
-        run_tasks([(*common, _array(g_Bp[k % per_batch]), _array(g_Cp[k % per_batch]), *tail, i, c0, w, g, n, seqlen,
+        run_tasks([(*common, flat(g_Bp[k % per_batch]), flat(g_Cp[k % per_batch]), *tail, i, c0, w, g, n, seqlen,
                     delta_softplus) for k, (i, c0, w, g) in enumerate(tasks)], backward_part)
 
         g_B, g_C = (_sum_parts(x, tasks[:per_batch], groups) for x in (g_Bp, g_Cp))
-        return (g_u, g_delta, g_A.sum(0).t().to(A.dtype), g_B.to(B.dtype), g_C.to(C.dtype),
-                None if D is None else g_D.sum(0).to(D.dtype), g_z,
-                None if delta_bias is None else g_bias.sum(0).to(delta_bias.dtype), None, None)
+        return (g_u, g_delta, g_A.sum(0).t().to(A_dtype), g_B, g_C, None if D_dtype is None else g_D.sum(0).to(D_dtype),
+                g_z, None if bias_dtype is None else g_bias.sum(0).to(bias_dtype), None, None)
 
 
 @numba.njit(nogil=True, error_model='numpy', cache=True)
@@ -460,9 +431,14 @@ def selective_scan_tokens_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Ten
     flipped back). Returns y (b, l, d), contiguous, in u's dtype. fp32 tensors with contiguous channels are read
     in place whatever their other strides; anything else is converted first."""
     checked_token_shapes(u, delta, A, B, C, D, z, delta_bias)
-    B4, C4 = (x.unsqueeze(2) if x.dim() == 3 else x for x in (B, C))
-    y = _SelectiveScanTokens.apply(token_major(u), token_major(delta), A, token_major(B4), token_major(C4), D,
-                                   None if z is None else token_major(z), delta_bias, delta_softplus, reverse)
+    return _scan_tokens(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+
+
+def _scan_tokens(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    """:func:`selective_scan_tokens_cpu` on checked inputs."""
+    u32, delta32, z32 = (None if x is None else channels_contiguous(x) for x in (u, delta, z))
+    B4, C4 = (channels_contiguous(x.unsqueeze(2) if x.dim() == 3 else x) for x in (B, C))  # (b, l, g, n)
+    y = _SelectiveScanTokens.apply(u32, delta32, A, B4, C4, D, z32, delta_bias, delta_softplus, reverse)
     return y.to(u.dtype)
 
 
@@ -471,7 +447,6 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     result contiguous (b, d, l) as the CUDA kernel returns it."""
     B, C = checked_b_c(u, delta, A, B, C, D, z, delta_bias)
     B4, C4 = (x.unsqueeze(1) if x.dim() == 3 else x for x in (B, C))  # (b, g, n, l)
-    y = selective_scan_tokens_cpu(u.transpose(1, 2), delta.transpose(1, 2), A, B4.permute(0, 3, 1, 2),
-                                  C4.permute(0, 3, 1, 2), D, None if z is None else z.transpose(1, 2), delta_bias,
-                                  delta_softplus)
+    y = _scan_tokens(u.transpose(1, 2), delta.transpose(1, 2), A, B4.permute(0, 3, 1, 2), C4.permute(0, 3, 1, 2),
+                     D, None if z is None else z.transpose(1, 2), delta_bias, delta_softplus, False)
     return y.transpose(1, 2).contiguous()
