@@ -299,6 +299,16 @@ def selective_scan_tokens(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     return y.flip(1) if reverse else y
 
 
+def _check_conv(op: str, x: torch.Tensor, weight: torch.Tensor, activation: Optional[str], channels: int) -> None:
+    """One line for an activation the conv does not have or shapes that do not fit; ``channels``: x's channel dim."""
+    if activation not in conv_torch.ACTIVATIONS:
+        raise NotImplementedError('activation must be None, "silu" or "swish"')
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[channels]:
+        layout = '(b, d, l)' if channels == 1 else '(b, l, d)'
+        raise ValueError(f'{op}: x must be {layout} and weight (d, w), got x {tuple(x.shape)} and weight '
+                         f'{tuple(weight.shape)}')
+
+
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, seq_idx=None,
                   initial_states=None, return_final_states: bool = False, final_states_out=None,
                   activation: Optional[str] = None) -> torch.Tensor:
@@ -311,8 +321,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     that super-resolution does not use; they are refused with one line rather than half supported.
 
     Runs ``causal_conv1d_cuda`` for CUDA tensors it accepts (see :mod:`.cuda_kernels`), the numba kernel for CPU
-    tensors (on a (b, l, d) copy: see :func:`causal_conv1d_tokens`), else PyTorch. ``seq_idx``, ``initial_states``,
-    ``return_final_states`` and ``final_states_out`` are not supported.
+    tensors (on a (b, l, d) copy: see :func:`causal_conv1d_tokens`), else PyTorch.
     """
     streaming = {'seq_idx': seq_idx, 'initial_states': initial_states, 'final_states_out': final_states_out,
                  'return_final_states': return_final_states or None}
@@ -320,11 +329,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         if value is not None:
             raise NotImplementedError(f'causal_conv1d: {name} is not supported (a streaming / packed-sequence '
                                       'feature of causal-conv1d that super-resolution does not use)')
-    if activation not in conv_torch.ACTIVATIONS:
-        raise NotImplementedError('activation must be None, "silu" or "swish"')
-    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
-        raise ValueError(f'causal_conv1d: x must be (b, d, l) and weight (d, w), got x {tuple(x.shape)} and '
-                         f'weight {tuple(weight.shape)}')
+    _check_conv('causal_conv1d', x, weight, activation, channels=1)
     path = select('causal_conv1d', dict(x=x, weight=weight, bias=bias))
     if path == 'kernel':
         return cuda_kernels.kernel_function('causal_conv1d')(x, weight, bias=bias, activation=activation)
@@ -339,11 +344,7 @@ def causal_conv1d_tokens(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     """:func:`causal_conv1d` on token-major x (b, l, d), as the Mamba mixer holds it; ``reverse``: the conv of the
     flipped sequence, flipped back. Returns (b, l, d). The numba path reads x where it is (see :mod:`.conv_cpu`);
     every other path runs :func:`causal_conv1d` on a (b, d, l) view (a flipped copy for ``reverse``)."""
-    if activation not in conv_torch.ACTIVATIONS:
-        raise NotImplementedError('activation must be None, "silu" or "swish"')
-    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[2]:
-        raise ValueError(f'causal_conv1d_tokens: x must be (b, l, d) and weight (d, w), got x {tuple(x.shape)} and '
-                         f'weight {tuple(weight.shape)}')
+    _check_conv('causal_conv1d_tokens', x, weight, activation, channels=2)
     if select('causal_conv1d', dict(x=x, weight=weight, bias=bias)) == 'numba':
         from .conv_cpu import causal_conv1d_tokens_cpu
         return causal_conv1d_tokens_cpu(x, weight, bias, activation, reverse)

@@ -42,7 +42,7 @@ from .numba_runtime import (
     run_tasks,
     stack_f32,
 )
-from .scan_inputs import checked_b_c, checked_token_shapes
+from .scan_inputs import checked_b_c
 
 __all__ = ['selective_scan_tokens_cpu', 'selective_scan_cpu']
 
@@ -426,16 +426,11 @@ def selective_scan_tokens_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Ten
                               C: torch.Tensor, D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
                               delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
                               reverse: bool = False) -> torch.Tensor:
-    """The numba scan on token-major tensors: u, delta, z (b, l, d); B, C (b, l, n) or (b, l, g, n); A (d, n);
-    D, delta_bias (d,). ``reverse``: scan from the last token to the first (the scan of the flipped sequence,
-    flipped back). Returns y (b, l, d), contiguous, in u's dtype. fp32 tensors with contiguous channels are read
-    in place whatever their other strides; anything else is converted first."""
-    checked_token_shapes(u, delta, A, B, C, D, z, delta_bias)
-    return _scan_tokens(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
-
-
-def _scan_tokens(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    """:func:`selective_scan_tokens_cpu` on checked inputs."""
+    """The numba scan on token-major tensors, as :func:`~.scan_inputs.checked_token_shapes` accepts them (the entry
+    point, ``dvmsr_mma.ops.selective_scan_tokens``, checks): u, delta, z (b, l, d); B, C (b, l, n) or
+    (b, l, g, n); A (d, n); D, delta_bias (d,). ``reverse``: scan from the last token to the first (the scan of
+    the flipped sequence, flipped back). Returns y (b, l, d), contiguous, in u's dtype. fp32 tensors with
+    contiguous channels are read in place whatever their other strides; anything else is converted first."""
     u32, delta32, z32 = (None if x is None else channels_contiguous(x) for x in (u, delta, z))
     B4, C4 = (channels_contiguous(x.unsqueeze(2) if x.dim() == 3 else x) for x in (B, C))  # (b, l, g, n)
     y = _SelectiveScanTokens.apply(u32, delta32, A, B4, C4, D, z32, delta_bias, delta_softplus, reverse)
@@ -447,6 +442,7 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     result contiguous (b, d, l) as the CUDA kernel returns it."""
     B, C = checked_b_c(u, delta, A, B, C, D, z, delta_bias)
     B4, C4 = (x.unsqueeze(1) if x.dim() == 3 else x for x in (B, C))  # (b, g, n, l)
-    y = _scan_tokens(u.transpose(1, 2), delta.transpose(1, 2), A, B4.permute(0, 3, 1, 2), C4.permute(0, 3, 1, 2),
-                     D, None if z is None else z.transpose(1, 2), delta_bias, delta_softplus, False)
+    y = selective_scan_tokens_cpu(u.transpose(1, 2), delta.transpose(1, 2), A, B4.permute(0, 3, 1, 2),
+                                  C4.permute(0, 3, 1, 2), D, None if z is None else z.transpose(1, 2), delta_bias,
+                                  delta_softplus)
     return y.transpose(1, 2).contiguous()
