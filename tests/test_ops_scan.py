@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from dvmsr_mma.ops import cuda_kernels, force_torch_ops, selective_scan
+from dvmsr_mma.ops import cuda_kernels, force_torch_ops, ops_path, selective_scan
 
 scan_mod = sys.modules['dvmsr_mma.ops.scan_torch']
 
@@ -17,14 +17,16 @@ def reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if delta_softplus:
         delta = torch.log1p(torch.exp(delta))
     b, d, l = u.shape
-    if B.dim() == 3:
-        B, C = B[:, None], C[:, None]
-    per_group = d // B.shape[1]
+
+    def groups(x):  # (b, g, n, l); a time-invariant (d, n) as one group per channel
+        return x[None, :, :, None].expand(b, d, x.shape[1], l) if x.dim() == 2 else x[:, None] if x.dim() == 3 else x
+
+    B, C = groups(B), groups(C)
     h = torch.zeros(b, d, A.shape[1], dtype=torch.float64)
     ys = []
     for t in range(l):
-        Bt = B[..., t].repeat_interleave(per_group, 1)  # (b, d, n)
-        Ct = C[..., t].repeat_interleave(per_group, 1)
+        Bt = B[..., t].repeat_interleave(d // B.shape[1], 1)  # (b, d, n)
+        Ct = C[..., t].repeat_interleave(d // C.shape[1], 1)
         h = torch.exp(delta[:, :, t, None] * A) * h + delta[:, :, t, None] * u[:, :, t, None] * Bt
         ys.append((h * Ct).sum(-1))
     y = torch.stack(ys, -1)
@@ -200,3 +202,28 @@ def test_return_last_state_refused():
     inputs = make_inputs(1, 2, 2, 5, 0, False, False, False)
     with pytest.raises(NotImplementedError, match='return_last_state is not supported'):
         selective_scan(*inputs, return_last_state=True)
+
+
+@pytest.mark.parametrize('path', ['torch', 'numba'])
+def test_half_dc_with_time_invariant_b_summed_in_fp32(path):
+    """fp16, B time-invariant (d, n) in fp32 as the kernel takes it, C time-varying fp16, no z: dC sums d
+    channels' contributions, which cancel. Summed in fp32 and rounded once (as upstream's kernel does) it is
+    within a few fp16 ulps of float64's; rounding each channel's copy to fp16 first was hundreds of ulps off."""
+    if path == 'numba':
+        pytest.importorskip('numba')
+    b, d, n, l = 2, 64, 4, 24
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(b, d, l, generator=g).half().requires_grad_()
+    delta = (torch.rand(b, d, l, generator=g) * 0.5).half().requires_grad_()
+    A = -(torch.rand(d, n, generator=g) + 0.1)
+    B = torch.randn(d, n, generator=g)
+    C = torch.randn(b, n, l, generator=g).half().requires_grad_()
+    grad_out = torch.randn(b, d, l, generator=g).half()
+    with ops_path(path):
+        out = selective_scan(u, delta, A, B, C)
+    (dC,) = torch.autograd.grad(out, [C], grad_out)
+    C64 = C.detach().double().requires_grad_()
+    (ref,) = torch.autograd.grad(reference_scan(u, delta, A, B, C64), [C64], grad_out.double())
+    ulp = torch.exp2(torch.floor(torch.log2(ref.abs().clamp_min(2.0 ** -14))) - 10)  # fp16 spacing at ref
+    assert dC.dtype == torch.float16
+    assert ((dC.double() - ref).abs() / ulp).max() <= 4

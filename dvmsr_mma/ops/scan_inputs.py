@@ -39,7 +39,10 @@ def _check_shapes(op, token_major, u, delta, A, B, C, D, z, delta_bias):
 
 
 def _per_channel(x, b, d, l):
-    """B or C as (b, d, n, l): a time-invariant (d, n) one broadcast over batch and time, a grouped one repeated."""
+    """B or C as fp32 (b, d, n, l): a time-invariant (d, n) one broadcast over batch and time, a grouped one
+    repeated. Cast before the copies: autograd then sums the copies' gradients in fp32 and rounds once to the
+    input's dtype, as upstream's kernel does (fp16 copies would each be rounded before the sum)."""
+    x = x.float()
     if x.dim() == 2:
         return x[None, :, :, None].expand(b, d, x.shape[1], l)
     x = x.unsqueeze(1) if x.dim() == 3 else x
@@ -47,9 +50,9 @@ def _per_channel(x, b, d, l):
 
 
 def checked_b_c(u, delta, A, B, C, D, z, delta_bias):
-    """What every non-kernel path does first: refuse complex A and bad shapes in one line; return B and C, a
-    time-invariant ``(d, n)`` one broadcast to ``(b, d, n, l)`` (one group per channel: exact, but O(b d n l)
-    memory; the Mamba blocks of DVMSR and MMA use time-varying B and C). Autograd sums its gradient back."""
+    """What every non-kernel path does first: refuse complex A and bad shapes in one line; return B and C, where
+    either is time-invariant ``(d, n)`` both as fp32 ``(b, d, n, l)`` (one group per channel: exact, but O(b d n l)
+    memory; the Mamba blocks of DVMSR and MMA use time-varying B and C). Autograd sums their gradients back."""
     _check_shapes('selective_scan', False, u, delta, A, B, C, D, z, delta_bias)
     if B.dim() == 2 or C.dim() == 2:
         b, d, l = u.shape
