@@ -184,3 +184,42 @@ def test_unknown_type_names_close_registered_names():
     with pytest.raises(OptionError, match='known: .*L1Loss'):
         LOSS_REGISTRY.get('Nothing')
     assert LOSS_REGISTRY.get('L1Loss').__name__ == 'L1Loss'
+
+
+def _real_esrgan_model(kind):
+    """A RealESRNetModel / RealESRGANModel on the CPU (``num_gpu: 0``), with a tiny DVMSR and queue of 4 pairs."""
+    from basicsr.models import build_model
+    opt = {
+        'name': 'real', 'model_type': kind, 'scale': 2, 'num_gpu': 0, 'is_train': True, 'dist': False, 'rank': 0,
+        'network_g': {'type': 'DVMSR', 'embed_dim': 8, 'depths': [1], 'upscale': 2, 'd_state': 4},
+        'network_d': {'type': 'UNetDiscriminatorSN', 'num_in_ch': 3, 'num_feat': 8},
+        'path': {'pretrain_network_g': None}, 'queue_size': 4, 'gt_size': 32, 'gt_usm': True, 'l1_gt_usm': True,
+        'percep_gt_usm': True, 'gan_gt_usm': False,
+        'resize_prob': [0.2, 0.7, 0.1], 'resize_range': [0.5, 1.5], 'gaussian_noise_prob': 0.5,
+        'noise_range': [1, 30], 'poisson_scale_range': [0.05, 3], 'gray_noise_prob': 0.4, 'jpeg_range': [30, 95],
+        'second_blur_prob': 0.8, 'resize_prob2': [0.3, 0.4, 0.3], 'resize_range2': [0.5, 1.2],
+        'gaussian_noise_prob2': 0.5, 'noise_range2': [1, 25], 'poisson_scale_range2': [0.05, 2.5],
+        'gray_noise_prob2': 0.4, 'jpeg_range2': [30, 95],
+        'train': {'optim_g': {'type': 'Adam', 'lr': 1e-4}, 'optim_d': {'type': 'Adam', 'lr': 1e-4},
+                  'scheduler': {'type': 'MultiStepLR', 'milestones': [10], 'gamma': 0.5},
+                  'pixel_opt': {'type': 'L1Loss'}, 'gan_opt': {'type': 'GANLoss', 'gan_type': 'vanilla'}},
+    }
+    return build_model(opt)
+
+
+@pytest.mark.parametrize('kind', ['RealESRNetModel', 'RealESRGANModel'])
+def test_real_esrgan_models_degrade_and_queue_on_the_model_device(kind):
+    # upstream: DiffJPEG().cuda(), USMSharp().cuda() and torch.zeros(...).cuda() ("Found no NVIDIA driver")
+    model = _real_esrgan_model(kind)
+    assert {p.device.type for p in model.jpeger.parameters()} == {'cpu'}
+    assert {b.device.type for b in model.usm_sharpener.buffers()} == {'cpu'}
+    torch.manual_seed(0)
+    kernel = torch.zeros(2, 21, 21)
+    kernel[:, 10, 10] = 1
+    batch = {'gt': torch.rand(2, 3, 48, 48), 'kernel1': kernel, 'kernel2': kernel, 'sinc_kernel': kernel}
+    for _ in range(3):  # fills the queue of 4 pairs, then swaps pairs with it
+        model.feed_data(batch)
+    assert model.queue_lr.device.type == 'cpu' and model.queue_ptr == 4
+    assert model.lq.shape == (2, 3, 16, 16) and model.gt.shape == (2, 3, 32, 32)
+    model.optimize_parameters(1)
+    assert torch.isfinite(model.output).all()

@@ -256,6 +256,42 @@ def _model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
+def _on_model_device(cls: type) -> None:
+    """``RealESRNetModel`` / ``RealESRGANModel``: upstream moves ``DiffJPEG`` and ``USMSharp`` (``__init__``) and the
+    training-pair queue (``_dequeue_and_enqueue``) to CUDA with ``.cuda()``, so with ``num_gpu: 0`` training dies with
+    "Found no NVIDIA driver". Off CUDA they are made on the model's device instead; on CUDA upstream's code runs.
+    On the CPU, ``F.interpolate`` keeps the channels-last strides of ``DiffJPEG``'s output, which ``filter2D``
+    cannot ``view``: its input is made contiguous (a no-op for a contiguous tensor)."""
+    from basicsr.utils import DiffJPEG, USMSharp
+
+    init, dequeue_and_enqueue, base = cls.__init__, cls._dequeue_and_enqueue, cls.__mro__[1]
+    module = sys.modules[cls.__module__]
+    filter2d = module.filter2D
+    module.filter2D = lambda img, kernel: filter2d(img.contiguous(), kernel)
+
+    @functools.wraps(init)
+    def __init__(self, opt):
+        if opt['num_gpu'] != 0:  # BaseModel's device rule: CUDA
+            return init(self, opt)
+        base.__init__(self, opt)
+        self.jpeger = DiffJPEG(differentiable=False).to(self.device)  # as upstream, on the model's device
+        self.usm_sharpener = USMSharp().to(self.device)
+        self.queue_size = opt.get('queue_size', 180)
+        return None
+
+    @functools.wraps(dequeue_and_enqueue)
+    def _dequeue_and_enqueue(self):
+        # the queues made where upstream would make them on CUDA; a batch that does not divide the queue is left to
+        # upstream's assert (the option schema says so before training)
+        if self.device.type != 'cuda' and not hasattr(self, 'queue_lr') and self.queue_size % self.lq.size(0) == 0:
+            self.queue_lr = self.lq.new_zeros(self.queue_size, *self.lq.shape[1:])  # (queue, c, h, w)
+            self.queue_gt = self.gt.new_zeros(self.queue_size, *self.gt.shape[1:])
+            self.queue_ptr = 0
+        return dequeue_and_enqueue(self)
+
+    cls.__init__, cls._dequeue_and_enqueue = __init__, _dequeue_and_enqueue
+
+
 def check_device_options(opt: Dict[str, Any]) -> None:
     """Turn BasicSR's device traps into one clear error each, before anything is built.
 
@@ -323,6 +359,10 @@ def apply() -> None:
     dist_util.init_dist = basicsr.utils.options.init_dist = _init_dist
     base_model.BaseModel.model_to_device = _model_to_device
     base_model.BaseModel.save_network = _saving_network(base_model.BaseModel.save_network)
+    from basicsr.models.realesrgan_model import RealESRGANModel
+    from basicsr.models.realesrnet_model import RealESRNetModel
+    _on_model_device(RealESRNetModel)
+    _on_model_device(RealESRGANModel)
     from dvmsr_mma.training import checks  # one-line errors for bad inputs; installed first so _checked stays outermost
     checks.install()
     basicsr.train.parse_options = _checked(basicsr.train.parse_options)
