@@ -12,6 +12,7 @@ import dvmsr_mma  # noqa: F401
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.cli import main as cli_main
 from dvmsr_mma.tools.infer import SRInferencer
+from dvmsr_mma.utils.errors import OptionError
 
 
 def tiny_dvmsr(scale):
@@ -41,6 +42,32 @@ def test_enhance_kinds(scale, kind, alpha):
     if kind == 'rgb16':
         assert out.max() > 255  # really 16-bit, not 8-bit scaled
 
+
+
+@pytest.mark.parametrize('alpha', ['network', 'bicubic'])
+@pytest.mark.parametrize('dtype, value', [(np.uint8, 255), (np.uint8, 0), (np.uint8, 77), (np.uint16, 65535)])
+def test_constant_alpha_passes_through_unchanged(alpha, dtype, value):
+    """An opaque (or uniformly translucent) image keeps its alpha exactly; through the network an opaque alpha
+    came back as low as 194 (issue 30, item 7)."""
+    img = make_image('rgb16' if dtype == np.uint16 else 'rgb')
+    img = np.concatenate([img, np.full(img.shape[:2] + (1,), value, dtype)], axis=2)
+    out = SRInferencer(tiny_dvmsr(2), scale=2, device='cpu', alpha=alpha).enhance(img)
+    assert out.dtype == dtype and out.shape == (20, 24, 4)
+    assert (out[:, :, 3] == value).all(), (out[:, :, 3].min(), out[:, :, 3].max())
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4])
+def test_bicubic_alpha_is_opencvs_inter_cubic(scale):
+    """The bicubic alpha is computed in torch (no cv2 at inference) and equals cv2.resize(INTER_CUBIC)."""
+    rgba = make_image('rgba', 9, 13)
+    out = SRInferencer(tiny_dvmsr(scale), scale=scale, device='cpu', alpha='bicubic').enhance(rgba)
+    want = cv2.resize(rgba[:, :, 3].astype(np.float32) / 255, (13 * scale, 9 * scale), interpolation=cv2.INTER_CUBIC)
+    assert np.abs(out[:, :, 3].astype(np.float32) - np.rint(want.clip(0, 1) * 255)).max() <= 1
+
+
+def test_enhance_refuses_other_layouts_in_one_line():
+    with pytest.raises(OptionError, match=r'unsupported image shape \(4, 5, 2\)'):
+        SRInferencer(tiny_dvmsr(2), scale=2, device='cpu').enhance(np.zeros((4, 5, 2), np.uint8))
 
 def test_tiled_equals_untiled_conv_net():
     torch.manual_seed(0)

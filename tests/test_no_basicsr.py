@@ -1,7 +1,8 @@
 """Inference without BasicSR (what ComfyUI and chaiNNer have): with basicsr and cv2 blocked from import, the
-networks build, spandrel loads the released checkpoint layout, ``SRInferencer`` runs it from the weights alone,
-and a ``basicsr`` command that needs basicsr says so in one line. One subprocess: the blocker must be in place
-before anything of the package is imported."""
+networks build, spandrel loads the released checkpoint layout, ``SRInferencer`` runs it from the weights alone
+(``run`` on tensors, ``enhance`` on RGB, gray, RGBA and 16-bit arrays), and a ``basicsr`` command that needs
+basicsr says so in one line. One subprocess: the blocker must be in place before anything of the package is
+imported."""
 import json
 import subprocess
 import sys
@@ -22,7 +23,7 @@ SCRIPT = textwrap.dedent('''
 
     sys.meta_path.insert(0, Blocked())
 
-    import io, contextlib, torch
+    import io, contextlib, numpy as np, torch
     import dvmsr_mma.tools.spandrel, dvmsr_mma.tools.infer
     from dvmsr_mma.archs.dvmsr_arch import DVMSR
     from dvmsr_mma.archs.mma_arch import MMA_T
@@ -49,6 +50,18 @@ SCRIPT = textwrap.dedent('''
                         'spandrel_equal': bool(torch.equal(model(x), want.clamp(0, 1))),
                         'inferencer_equal': bool(torch.equal(inferencer.run(x), want)),
                         'inferencer_scale': inferencer.scale}
+    rng = np.random.default_rng(0)
+    images = {'rgb': rng.integers(0, 256, (9, 7, 3), dtype=np.uint8), 'gray': rng.integers(0, 256, (9, 7), np.uint8),
+              'rgba': rng.integers(0, 256, (9, 7, 4), dtype=np.uint8),
+              'rgb16': rng.integers(0, 65536, (9, 7, 3), dtype=np.uint16)}
+    for alpha in ('network', 'bicubic'):
+        inferencer = dvmsr_mma.tools.infer.SRInferencer(weights=path, device='cpu', alpha=alpha)  # the MMA x2
+        for kind, img in images.items():
+            out = inferencer.enhance(img)
+            report[f'enhance_{kind}_{alpha}'] = [str(out.dtype), list(out.shape)]
+    rgb = torch.from_numpy(images['rgb'][:, :, ::-1].transpose(2, 0, 1).copy()).float()[None] / 255
+    want = np.rint(inferencer.run(rgb)[0].clamp(0, 1).numpy().transpose(1, 2, 0)[:, :, ::-1] * 255)
+    report['enhance_rgb_equal'] = bool((inferencer.enhance(images['rgb']) == want).all())
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         report['train_rc'] = main(['train', '-opt', 'x.yml'])
@@ -67,6 +80,12 @@ def test_inference_runs_without_basicsr_and_cv2(tmp_path):
                                'inferencer_scale': 3}
     assert report['MMA'] == {'id': 'MMA', 'scale': 2, 'spandrel_equal': True, 'inferencer_equal': True,
                              'inferencer_scale': 2}
+    for alpha in ('network', 'bicubic'):
+        assert report[f'enhance_rgb_{alpha}'] == ['uint8', [18, 14, 3]]
+        assert report[f'enhance_gray_{alpha}'] == ['uint8', [18, 14]]
+        assert report[f'enhance_rgba_{alpha}'] == ['uint8', [18, 14, 4]]
+        assert report[f'enhance_rgb16_{alpha}'] == ['uint16', [18, 14, 3]]
+    assert report['enhance_rgb_equal']
     assert report['train_rc'] == 2
     assert report['train_err'].startswith('basicsr train: error: basicsr is not installed, and this command needs '
                                           'it: pip install --no-build-isolation basicsr==1.4.2')

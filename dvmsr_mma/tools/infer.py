@@ -5,7 +5,8 @@ a checkpoint and :class:`SRInferencer` need neither basicsr nor cv2 (ComfyUI, ch
 Conventions follow Real-ESRGAN's ``RealESRGANer`` (``realesrgan/utils.py``): ``tile`` / ``tile_pad`` with the
 padded tile's output cropped back (no blending), ``half``, and alpha upscaled separately. Alpha goes through the
 network as a 3-channel gray image by default (Real-ESRGAN's default ``alpha_upsampler='realesrgan'``); pass
-``alpha='bicubic'`` for cv2 bicubic, which is cheaper and never invents detail in a mask.
+``alpha='bicubic'`` for bicubic (OpenCV's ``INTER_CUBIC``), which is cheaper and never invents detail in a mask.
+A constant alpha (an opaque image) is passed through unchanged either way.
 
 Tiling and Mamba networks: with a conv net whose receptive-field radius (in LR pixels) is at most ``tile_pad``,
 tiled output equals untiled output up to float rounding. A Mamba scan runs over the whole (padded) tile, so every
@@ -370,15 +371,30 @@ class SRInferencer:
         y = self.run(x)[0].clamp_(0, 1).numpy()  # (3, H, W) RGB
         return y.transpose(1, 2, 0)[:, :, ::-1]  # -> (H, W, 3) BGR
 
+    def _alpha(self, a: np.ndarray, peak: float) -> np.ndarray:
+        """(h, w) alpha -> (H, W) float in [0, 1]. A constant alpha (an opaque image) comes back as that constant
+        exactly: the network, fed a flat gray image, returns a slightly uneven one (an opaque logo came back with
+        alpha down to 194), and bicubic rounding is no better than the value itself."""
+        if a.min() == a.max():
+            return np.full((a.shape[0] * self.scale, a.shape[1] * self.scale), a.flat[0] / peak, np.float32)
+        if self.alpha == 'network':
+            return self._rgb(np.repeat(a[:, :, None], 3, axis=2), peak).mean(axis=2)
+        # torch's bicubic is OpenCV's INTER_CUBIC (a = -0.75, pixel centres, edge pixels repeated): no cv2 needed
+        x = torch.from_numpy(a.astype(np.float32) / peak)[None, None]
+        up = torch.nn.functional.interpolate(x, scale_factor=self.scale, mode='bicubic', align_corners=False)
+        return up[0, 0].clamp_(0, 1).numpy()
+
     def enhance(self, img: np.ndarray) -> np.ndarray:
-        """Upscale one image; same layout and dtype out as in (uint8 -> uint8, uint16 -> uint16)."""
-        import cv2
+        """Upscale one image; same layout and dtype out as in (uint8 -> uint8, uint16 -> uint16). numpy and torch
+        only (no cv2), so it runs in the inference-only install."""
         if img.dtype == np.uint16:
             peak = 65535.
         elif img.dtype == np.uint8:
             peak = 255.
         else:
             raise OptionError(f'unsupported image dtype {img.dtype} (8- or 16-bit images only)')
+        if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
+            raise OptionError(f'unsupported image shape {img.shape} (HxW gray, HxWx3 BGR or HxWx4 BGRA)')
         gray = img.ndim == 2 or img.shape[2] == 1
         img2 = img.reshape(img.shape[0], img.shape[1], -1)
         color = np.repeat(img2, 3, axis=2) if gray else img2[:, :, :3]
@@ -386,16 +402,9 @@ class SRInferencer:
         if gray:
             out = out.mean(axis=2, keepdims=True)  # the three channels went in equal
         if img2.shape[2] == 4:
-            a = img2[:, :, 3]
-            if self.alpha == 'network':
-                a_out = self._rgb(np.repeat(a[:, :, None], 3, axis=2), peak).mean(axis=2)
-            else:
-                a_out = cv2.resize(a.astype(np.float32) / peak, (a.shape[1] * self.scale, a.shape[0] * self.scale),
-                                   interpolation=cv2.INTER_CUBIC).clip(0, 1)
-            out = np.concatenate([out, a_out[:, :, None]], axis=2)
+            out = np.concatenate([out, self._alpha(img2[:, :, 3], peak)[:, :, None]], axis=2)
         out = np.rint(out * peak).astype(img.dtype)
         return out[:, :, 0] if img.ndim == 2 else out
-
 
 def read_image(path: str) -> np.ndarray:
     """cv2 image with its bit depth and alpha kept; OptionError naming the file if it cannot be decoded."""
