@@ -69,6 +69,8 @@ class ScanCuda(types.ModuleType):
         check(delta.stride(-1) == 1 or delta.size(-1) == 1, 'delta.stride(-1) == 1 || delta.size(-1) == 1')
         b, d, l = u.shape
         n = A.shape[1]
+        # selective_scan_fwd_kernel.cuh: dim3 grid(batch, dim / kNRows); a zero-sized grid fails to launch
+        check(b > 0 and d > 0, 'CUDA error: invalid configuration argument (an empty grid: batch or dim is 0)')
         check(n <= 256, 'selective_scan only supports state dimension <= 256')
         check(tuple(delta.shape) == (b, d, l), 'delta must have shape (batch_size, dim, seqlen)')
         check(tuple(A.shape) == (d, n), 'A must have shape (dim, dstate)')
@@ -165,6 +167,8 @@ class ConvCuda(types.ModuleType):
         b, d, l = x.shape
         width = weight.shape[-1]
         check(tuple(weight.shape) == (d, width), 'weight must have shape (dim, width)')
+        # causal_conv1d_fwd.cu: dim3 grid(batch, dim / kNThreads...) or grid(batch, ceil(l / 64), ...)
+        check(b > 0 and d > 0 and l > 0, 'CUDA error: invalid configuration argument (an empty grid)')
         check(x.stride(2) == 1 or x.stride(1) == 1, 'x.stride(2) == 1 || x.stride(1) == 1')
         channel_last = x.stride(1) == 1 and x.stride(2) > 1
         if channel_last:

@@ -229,7 +229,8 @@ def test_compiled_module_without_its_python_package_falls_back(fresh_dispatch, c
     with force_torch_ops():
         ref = net(x)
     assert torch.allclose(out, ref, atol=1e-5)
-    lines = _info(caplog)
+    assert len(_records(caplog, logging.WARNING)) == 2  # installed but broken: one warning per op
+    lines = _records(caplog, logging.INFO)
     assert len(lines) == 2, lines
     scan_line = next(line for line in lines if line.startswith('selective_scan'))
     assert ('not the CUDA kernel (mamba_ssm): selective_scan_cuda imports but mamba_ssm.ops.selective_scan_interface '
@@ -435,3 +436,101 @@ def test_ops_imports_point_one_way():
     assert implementations >= {'scan_torch', 'conv_torch', 'scan_cpu', 'conv_cpu', 'scan_triton', 'scan_graph'}
     for implementation in implementations:  # one module decides; the others import nothing from it
         assert 'dispatch' not in graph[implementation], implementation
+
+
+def test_tensors_without_elements_go_past_the_kernel_and_triton(seen_as_cuda, caplog):
+    """b = 0 (or l = 0): the CUDA kernels and Triton would launch an empty grid; the PyTorch path takes it."""
+    with caplog.at_level(logging.INFO, logger=dispatch.__name__):
+        assert dispatch.select('selective_scan', scan_tensors(0, 8, 16, 10)) == 'torch'
+        assert dispatch.select('causal_conv1d', conv_tensors(2, 8, 0)) == 'torch'
+        assert dispatch.select('selective_scan', scan_tensors(1, 8, 16, 10)) == 'kernel'
+    assert _info(caplog)[:2] == [
+        'selective_scan: using the PyTorch path (not the CUDA kernel (mamba_ssm): u (0, 8, 10) has no elements, and '
+        'the kernel would launch an empty grid; not the Triton: u (0, 8, 10) has no elements, and the kernel would '
+        'launch an empty grid).',
+        'causal_conv1d: using the PyTorch path (not the CUDA kernel (causal_conv1d): x (2, 8, 0) has no elements, and '
+        'the kernel would launch an empty grid).']
+
+
+def _records(caplog, level):
+    return [r.getMessage() for r in caplog.records if r.name == dispatch.__name__ and r.levelno == level]
+
+
+@pytest.mark.parametrize('kernel', ['broken', 'absent'])
+def test_a_broken_kernel_install_is_one_warning_an_absent_one_info(seen_as_cuda, fresh_dispatch, caplog, kernel):
+    """Installed but not importable (a build against another torch): a WARNING, once, with the reason; not
+    installed at all: only the INFO line of the path taken."""
+    fresh_dispatch.setattr(cuda_kernels, '_imported', {})
+    if kernel == 'broken':
+        fresh_dispatch.setitem(sys.modules, 'selective_scan_cuda', ScanCuda(uint64_offsets=True))
+        fresh_dispatch.setattr(sys, 'meta_path', [_Refuse({'mamba_ssm'}, 'undefined symbol: _ZN3c10')] + sys.meta_path)
+        for name in [k for k in sys.modules if k.split('.')[0] == 'mamba_ssm']:
+            fresh_dispatch.delitem(sys.modules, name)
+    else:
+        fresh_dispatch.setitem(sys.modules, 'selective_scan_cuda', None)
+    with caplog.at_level(logging.INFO, logger=dispatch.__name__):
+        for _ in range(2):
+            assert dispatch.select('selective_scan', scan_tensors(1, 8, 16, 10)) == 'triton'
+    warnings = _records(caplog, logging.WARNING)
+    if kernel == 'absent':
+        assert warnings == []
+    else:
+        assert warnings == ['selective_scan: the CUDA kernel (mamba_ssm) path is installed but not used: '
+                            'selective_scan_cuda imports but mamba_ssm.ops.selective_scan_interface does not '
+                            '(ImportError: undefined symbol: _ZN3c10); fix that install or uninstall it']
+    assert len(_records(caplog, logging.INFO)) == 1
+
+
+def test_numba_installed_but_broken_is_one_warning(fresh_dispatch, caplog):
+    fresh_dispatch.setattr(dispatch, '_probe_cache', {dispatch.NUMBA_MODULE: ImportError(
+        'Numba needs NumPy 2.2 or less. Got NumPy 2.3.')})
+    fresh_dispatch.setattr(cuda_kernels, 'installed', lambda name: name == 'numba')
+    with caplog.at_level(logging.INFO, logger=dispatch.__name__):
+        for _ in range(2):
+            assert dispatch.select('selective_scan', scan_tensors(1, 2, 2, 5, device='cpu')) == 'torch'
+    assert _records(caplog, logging.WARNING) == [
+        'selective_scan: the numba CPU path is installed but not used: numba is installed but does not import '
+        '(ImportError: Numba needs NumPy 2.2 or less. Got NumPy 2.3.)']
+    fresh_dispatch.setattr(cuda_kernels, 'installed', lambda name: False)
+    fresh_dispatch.setattr(dispatch, '_logged', set())
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=dispatch.__name__):
+        dispatch.select('selective_scan', scan_tensors(1, 2, 2, 5, device='cpu'))
+    assert _records(caplog, logging.WARNING) == []
+    assert 'numba is not importable (pip install numba)' in _records(caplog, logging.INFO)[0]
+
+
+@pytest.mark.parametrize('arch', ['dvmsr', 'mma'])
+@pytest.mark.parametrize('forced_at', ['forward', 'backward'])
+def test_checkpoint_recompute_runs_on_the_path_of_its_forward(fresh_dispatch, arch, forced_at):
+    """``with force_torch_ops(): y = net(x)`` and the backward after the block (or the reverse): the checkpoint's
+    recompute repeats the forward's path, so torch finds the tensors it saved, and the gradients are the PyTorch
+    path's (forced at the forward) or the automatic path's (forced at the backward only)."""
+    pytest.importorskip('numba')  # auto is the numba path: a different path from the forced one
+
+    def build():
+        torch.manual_seed(0)
+        net = DVMSR(embed_dim=8, depths=[2], upscale=2, drop_path_rate=0., use_checkpoint=True) if arch == 'dvmsr' \
+            else MMA_T(upscale=2, num_block=2, num_feat=30, use_checkpoint=True)
+        return net.train()
+
+    x = torch.rand(1, 3, 6, 5)
+    net = build()
+    with force_torch_ops(forced_at == 'forward'):
+        y = net(x)
+    with force_torch_ops(forced_at == 'backward'):
+        y.square().mean().backward()
+    reference = build()
+    with force_torch_ops(forced_at == 'forward'):
+        reference.use_checkpoint = False
+        reference(x).square().mean().backward()
+    for (name, p), q in zip(net.named_parameters(), reference.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+
+
+def test_ops_path_auto_lifts_outer_forcing(fresh_dispatch):
+    inputs = scan_tensors(1, 2, 2, 5, device='cpu')
+    with force_torch_ops(), ops_path('auto'):
+        assert dispatch.select('selective_scan', inputs) == ('numba' if dispatch.probe(dispatch.NUMBA_MODULE)
+                                                             else 'torch')
+        assert dispatch.requested_path() == ('auto', '')

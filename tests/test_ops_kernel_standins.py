@@ -14,6 +14,7 @@ from kernel_standins import UPSTREAM_PAIRS, load_upstream, upstream_paths
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.archs.mma_arch import MMA_B, MMA_T
 from dvmsr_mma.ops import cuda_kernels, dispatch, force_torch_ops
+from dvmsr_mma.utils.errors import OptionError
 
 NETWORKS = {
     # widths whose d_inner is not a multiple of 8 (20, 12) next to the released ones (120, 96, 384)
@@ -113,3 +114,18 @@ def test_mma_channels_last_and_checkpoint_on_the_kernel_path(upstream):
     net.train()
     x = torch.rand(2, 3, 7, 5).contiguous(memory_format=torch.channels_last)
     _compare(net, x, None, 1e-5, 1e-5, upstream)
+
+
+@pytest.mark.parametrize('name', ['dvmsr10', 'mma_t'])
+def test_an_empty_batch_never_reaches_the_kernels(upstream, fresh_dispatch, name):
+    """A batch of 0 images: the kernels would launch an empty grid (an error on a GPU). Forced, the kernel path
+    is refused in one line; under auto the batch runs on the next path and gives the empty result."""
+    scan, conv = upstream
+    net = NETWORKS[name]()
+    x = torch.rand(0, 3, 13, 17)
+    with pytest.raises(OptionError, match=r'^DVMSR_MMA_OPS=kernel: causal_conv1d cannot use the CUDA kernel '
+                                          r'\(causal_conv1d\) path: x \(0, \d+, 221\) has no elements'):
+        net(x)
+    fresh_dispatch.delenv(dispatch.ENV_OPS)
+    assert net(x).shape == (0, 3, 13 * net.upscale, 17 * net.upscale)
+    assert scan.calls == conv.calls == []

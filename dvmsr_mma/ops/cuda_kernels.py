@@ -20,12 +20,15 @@ causal-conv1d 1.5.2+ needs torch 2.4 and Python 3.10). Both are imported once, a
 """
 import importlib
 import importlib.metadata
+import importlib.util
 import re
+import sys
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
-__all__ = ['KERNEL_DEVICES', 'import_problem', 'kernel_function', 'scan_problem', 'conv_problem']
+__all__ = ['KERNEL_DEVICES', 'broken_install', 'import_problem', 'installed', 'kernel_function', 'scan_problem',
+           'conv_problem']
 
 # Device types the kernels run on. Tests add 'cpu' (and 'meta') to route the CUDA dispatch to strict stand-ins.
 KERNEL_DEVICES = ['cuda']
@@ -70,6 +73,23 @@ def _import_chain(op: str) -> Tuple[Optional[Callable], Optional[str]]:
 def import_problem(op: str) -> Optional[str]:
     """None when the compiled kernel and the Python call chain of ``op`` import (checked once), else why not."""
     return _import_chain(op)[1]
+
+
+def installed(name: str) -> bool:
+    """Whether module ``name`` is installed, imported or not (None in ``sys.modules``: blocked, as not installed)."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def broken_install(op: str) -> Optional[str]:
+    """Why ``op``'s kernel does not import although its compiled module is installed, else None (it imports, or
+    it is simply not installed): someone installed it to use it, so this deserves a warning, not an info line."""
+    problem = import_problem(op)
+    return problem if problem and installed(CALL_CHAINS[op][0]) else None
 
 
 def kernel_function(op: str) -> Callable:

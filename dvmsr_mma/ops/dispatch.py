@@ -10,7 +10,8 @@ have (the conv has no Triton or graph version) runs that op's PyTorch path.
 The entry points are here too (:func:`selective_scan`, :func:`causal_conv1d` and their token-major forms): each asks
 :func:`select` and calls the chosen implementation, a module that imports nothing from this one.
 
-Forcing, innermost first: :func:`ops_path` (a context manager, e.g. ``ops_path('graph')`` for ONNX export),
+Forcing, innermost first: :func:`ops_path` (a context manager, e.g. ``ops_path('graph')`` for ONNX export, or
+``ops_path('auto')``, which lifts the forcing outside it),
 :func:`force_torch_ops`, ``DVMSR_MMA_FORCE_TORCH_OPS=1``, ``DVMSR_MMA_OPS=kernel|triton|numba|torch``.
 
 The order for CUDA tensors is the compiled kernel (:mod:`.cuda_kernels` says what it accepts), then Triton, then
@@ -57,16 +58,28 @@ class Path:
     why_not: Callable[[Tensors, bool], Optional[str]]
     devices: Optional[Callable[[], Tuple[str, ...]]] = None
     auto: bool = True
+    broken: Optional[Callable[[], Optional[str]]] = None  # why an installed path does not import (a WARNING)
 
 
 def probe(module_name: str) -> Any:
-    """Import ``module_name`` once; the module, or None when it does not import."""
+    """Import ``module_name`` once; the module, or None when it does not import (the error is kept)."""
     if module_name not in _probe_cache:
         try:
             _probe_cache[module_name] = importlib.import_module(module_name)
-        except Exception:  # ImportError, but also broken builds (undefined symbols raise OSError etc.)
-            _probe_cache[module_name] = None
-    return _probe_cache[module_name]
+        except Exception as err:  # ImportError, but also broken builds (undefined symbols raise OSError etc.)
+            _probe_cache[module_name] = err
+    found = _probe_cache[module_name]
+    return None if found is None or isinstance(found, Exception) else found
+
+
+def _numba_broken() -> Optional[str]:
+    """Why numba does not import although it is installed (e.g. a numpy newer than it supports), else None."""
+    probe(NUMBA_MODULE)
+    err = _probe_cache[NUMBA_MODULE]
+    if not isinstance(err, Exception) or not cuda_kernels.installed('numba'):
+        return None
+    text = str(err).strip()
+    return f'numba is installed but does not import ({type(err).__name__}{": " + text.splitlines()[0] if text else ""})'
 
 
 def _device(tensors: Tensors) -> str:
@@ -75,11 +88,18 @@ def _device(tensors: Tensors) -> str:
     return kinds.pop() if len(kinds) == 1 else 'mixed'
 
 
+def _empty(tensors: Tensors) -> Optional[str]:
+    """A tensor with no elements (a batch of 0 images): the CUDA and Triton kernels would launch an empty grid,
+    which CUDA refuses ("invalid configuration argument"); the PyTorch path returns the empty result."""
+    name, x = next(((name, x) for name, x in tensors.items() if x is not None and x.numel() == 0), (None, None))
+    return None if x is None else f'{name} {tuple(x.shape)} has no elements, and the kernel would launch an empty grid'
+
+
 def _kernel_why_not(op: str, problem: Callable[[Tensors], Optional[str]]) -> Callable[[Tensors, bool], Optional[str]]:
     def why_not(tensors: Tensors, forced: bool) -> Optional[str]:
         if _device(tensors) not in cuda_kernels.KERNEL_DEVICES:
             return 'the tensors are not on CUDA'
-        return cuda_kernels.import_problem(op) or problem(tensors)
+        return cuda_kernels.import_problem(op) or _empty(tensors) or problem(tensors)
     return why_not
 
 
@@ -93,7 +113,7 @@ def _triton_why_not(tensors: Tensors, forced: bool) -> Optional[str]:
                 'set before torch is imported)')
     if device == 'cuda' and module.INTERPRETED and not forced:
         return 'TRITON_INTERPRET=1 is set, and the interpreter is for tests'
-    problem = module.version_problem()
+    problem = module.version_problem() or _empty(tensors)
     if problem:
         return problem
     u, A = tensors['u'], tensors['A']
@@ -110,7 +130,9 @@ def _triton_why_not(tensors: Tensors, forced: bool) -> Optional[str]:
 def _numba_why_not(tensors: Tensors, forced: bool) -> Optional[str]:
     if _device(tensors) != 'cpu':
         return 'the tensors are not on the CPU'
-    return None if probe(NUMBA_MODULE) is not None else 'numba is not importable (pip install numba)'
+    if probe(NUMBA_MODULE) is not None:
+        return None
+    return _numba_broken() or 'numba is not importable (pip install numba)'
 
 
 def _kernel_devices() -> Tuple[str, ...]:
@@ -126,16 +148,16 @@ TORCH = Path('torch', 'PyTorch', _always)
 TABLE: Dict[str, Tuple[Path, ...]] = {
     'selective_scan': (
         Path('kernel', 'CUDA kernel (mamba_ssm)', _kernel_why_not('selective_scan', cuda_kernels.scan_problem),
-             _kernel_devices),
+             _kernel_devices, broken=lambda: cuda_kernels.broken_install('selective_scan')),
         Path('triton', 'Triton', _triton_why_not, lambda: ('cuda', )),
-        Path('numba', 'numba CPU', _numba_why_not, lambda: ('cpu', )),
+        Path('numba', 'numba CPU', _numba_why_not, lambda: ('cpu', ), broken=_numba_broken),
         TORCH,
         Path('graph', 'ONNX-graph', _always, auto=False),
     ),
     'causal_conv1d': (
         Path('kernel', 'CUDA kernel (causal_conv1d)', _kernel_why_not('causal_conv1d', cuda_kernels.conv_problem),
-             _kernel_devices),
-        Path('numba', 'numba CPU', _numba_why_not, lambda: ('cpu', )),
+             _kernel_devices, broken=lambda: cuda_kernels.broken_install('causal_conv1d')),
+        Path('numba', 'numba CPU', _numba_why_not, lambda: ('cpu', ), broken=_numba_broken),
         TORCH,
     ),
 }
@@ -171,8 +193,9 @@ def force_torch_ops(enabled: bool = True) -> _ForceTorchOps:
 @contextlib.contextmanager
 def ops_path(name: str) -> Iterator[None]:
     """Run every op on path ``name`` inside the block (``'graph'``: the scan whose traced graph does not depend
-    on the sequence length, for ONNX export); an op without that path runs PyTorch."""
-    if not any(p.name == name for row in TABLE.values() for p in row):
+    on the sequence length, for ONNX export); an op without that path runs PyTorch. ``'auto'``: the automatic
+    choice, whatever forces it outside the block (a checkpoint's recompute repeats its forward's choice)."""
+    if name != 'auto' and not any(p.name == name for row in TABLE.values() for p in row):
         raise ValueError(f'ops_path: unknown path {name!r}')
     _forced.append(name)
     try:
@@ -190,7 +213,7 @@ def torch_ops_forced() -> bool:
 def requested_path() -> Tuple[str, str]:
     """('auto', '') or the forced path and what forced it."""
     if _forced:
-        return _forced[-1], 'ops_path()'
+        return _forced[-1], '' if _forced[-1] == 'auto' else 'ops_path()'
     if torch_ops_forced():
         return 'torch', 'force_torch_ops' if _force_torch else ENV_FORCE_TORCH
     value = os.environ.get(ENV_OPS, '').strip().lower() or 'auto'
@@ -204,6 +227,16 @@ def _log_once(op: str, path: Path, note: str) -> None:
     if key not in _logged:
         _logged.add(key)
         logger.info('%s: using the %s path%s.', op, path.label, f' ({note})' if note else '')
+
+
+def _warn_broken_once(op: str, path: Path) -> None:
+    """A path passed over because its install is broken: one WARNING per op and path (default logging shows it;
+    a path simply not installed stays in the INFO line)."""
+    key = (op, path.name, 'broken')
+    reason = path.broken() if path.broken is not None and key not in _logged else None
+    if reason:
+        _logged.add(key)
+        logger.warning('%s: the %s path is installed but not used: %s', op, path.label, reason)
 
 
 def select(op: str, tensors: Tensors) -> str:
@@ -228,6 +261,7 @@ def select(op: str, tensors: Tensors) -> str:
         if why is None:
             _log_once(op, path, '; '.join(passed))
             return path.name
+        _warn_broken_once(op, path)
         passed.append(f'not the {path.label}: {why}')
     raise AssertionError(f'{op}: no path for {device} tensors')  # the PyTorch path serves every device
 
