@@ -1,10 +1,14 @@
 """What the networks took from ``basicsr.archs``, so that they build and run with torch alone (ComfyUI, chaiNNer):
 registration into BasicSR's ``ARCH_REGISTRY`` when basicsr is importable, and BasicSR's ``Upsample``."""
+import contextlib
 import math
-from typing import TypeVar
+from typing import Callable, TypeVar
 
+import torch
+import torch.utils.checkpoint as checkpoint
 from torch import nn
 
+from dvmsr_mma.ops.dispatch import ops_path, requested_path
 from dvmsr_mma.utils import basicsr_importable
 
 T = TypeVar('T')
@@ -35,3 +39,12 @@ class Upsample(nn.Sequential):
         else:
             raise ValueError(f'scale {scale} is not supported. Supported scales: 2^n and 3.')
         super().__init__(*m)
+
+
+def checkpoint_block(block: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``block(x)`` under ``torch.utils.checkpoint`` (non-reentrant), its recompute on the ops path its forward was
+    asked for: a forward under ``force_torch_ops()`` whose backward runs after the block would otherwise recompute
+    on the automatic path, and torch refuses the different saved tensors (``CheckpointError``)."""
+    requested = requested_path()[0]
+    return checkpoint.checkpoint(block, x, use_reentrant=False,
+                                 context_fn=lambda: (contextlib.nullcontext(), ops_path(requested)))

@@ -7,10 +7,9 @@ import math
 import warnings
 
 import torch
-import torch.utils.checkpoint as checkpoint
 from torch import nn
 
-from dvmsr_mma.archs.arch_util import Upsample, register_arch
+from dvmsr_mma.archs.arch_util import Upsample, checkpoint_block, register_arch
 from dvmsr_mma.archs.mamba_block import DropPath, Mamba
 
 __all__ = ['DVMSR', 'RSSB', 'ViMM']
@@ -50,7 +49,7 @@ class ViMMGroup(nn.Module):
     def forward(self, x):
         for blk in self.blocks:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint.checkpoint(blk, x, use_reentrant=False)
+                x = checkpoint_block(blk, x)
             else:
                 x = blk(x)
         return x

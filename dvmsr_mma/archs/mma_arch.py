@@ -9,10 +9,9 @@ import inspect
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint as checkpoint
 from torch import nn
 
-from dvmsr_mma.archs.arch_util import Upsample, register_arch
+from dvmsr_mma.archs.arch_util import Upsample, checkpoint_block, register_arch
 from dvmsr_mma.archs.mamba_block import Mamba
 
 __all__ = ['MMA', 'MMABlock', 'MMA_B', 'MMA_T']
@@ -162,7 +161,7 @@ class MMA(nn.Module):
         """Shallow features (b, c, h, w) -> the K blocks -> (b, c, h, w)."""
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             for blk in self.body:
-                feat = checkpoint.checkpoint(blk, feat, use_reentrant=False)
+                feat = checkpoint_block(blk, feat)
             return feat
         return self.body(feat)
 
