@@ -16,6 +16,7 @@ pydantic (v2) rather than msgspec: its models are built at run time from constru
 its location, which is the option path. What a schema cannot say (files exist, HR/LR pairing, weights fit) is in
 :mod:`dvmsr_mma.training.checks`.
 """
+import ast
 import builtins
 import difflib
 import functools
@@ -24,9 +25,10 @@ import json
 import os
 import re
 import sys
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple, Type
+import textwrap
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Tuple, Type
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError, create_model
 from pydantic_core import PydanticCustomError
 from typing_extensions import Annotated
 
@@ -109,10 +111,11 @@ def whole(least: Optional[int] = None, example: str = '', float_ok: bool = False
     return Annotated[Optional[int], PlainValidator(_whole_check(least, example, float_ok, most, none_ok))]
 
 
-def number(least: Optional[float] = None, most: Optional[float] = None, example: str = '') -> Any:
+def number(least: Optional[float] = None, most: Optional[float] = None, example: str = '',
+           none_ok: bool = True) -> Any:
     """A real option (an int is a real)."""
     def check(value: Any) -> Any:
-        if value is None:
+        if value is None and none_ok:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(not_a_number(value, _key(example), example, whole=False))
@@ -142,9 +145,9 @@ def path_text(example: str) -> Any:
     return Annotated[Optional[str], PlainValidator(check)]
 
 
-def flag(example: str = '') -> Any:
+def flag(example: str = '', none_ok: bool = True) -> Any:
     def check(value: Any) -> Any:
-        if value is None or isinstance(value, bool):
+        if value is None and none_ok or isinstance(value, bool):
             return value
         raise _fail(f'{show(value)} is not true or false' + (f'; write e.g. {example}' if example else ''))
     return Annotated[Optional[bool], PlainValidator(check)]
@@ -313,18 +316,8 @@ class Train(Section):
     amp: choice(AMP_CHOICES) = None
     nan_policy: choice((*NAN_POLICIES, None)) = None
     nan_skip_limit: whole(1, 'nan_skip_limit: 10') = None
-    # other BasicSR models' keys (ESRGAN, StyleGAN2, video models), typed there
-    r1_reg_weight: ANY
-    path_reg_weight: ANY
-    net_g_reg_every: ANY
-    net_d_reg_every: ANY
-    mixing_prob: ANY
-    gan_gt_usm: ANY
-    percep_gt_usm: ANY
-    gt_usm: ANY
-    fix_flow: ANY
-    flow_lr_mul: ANY
-    dcn_lr_mul: ANY
+    # the keys other models read (StyleGAN2's r1_reg_weight, EDVR's tsa_iter, ...) are added per model_type from
+    # the model's code: options_model
 
 
 class Val(Section):
@@ -359,7 +352,8 @@ class DistParams(Section):
 
 
 class Options(Section):
-    """The top level. ``is_train`` and the keys after it are set by BasicSR's ``parse_options``."""
+    """The top level. ``is_train`` and the keys after it are set by BasicSR's ``parse_options``; the keys a model
+    reads besides (Real-ESRGAN's degradations) are added per ``model_type`` (:func:`options_model`)."""
 
     PATTERNS = ((r'network_\w+', mapping('network_g: {type: DVMSR, upscale: 4}')),)
     name: text('name: DVMSR_x4', none_ok=False)
@@ -437,16 +431,239 @@ OVERRIDES = {  # argument -> leaf, where the default says too little
 }
 
 
+def _not_none(leaf: Any, owner: str, name: str, default: Any) -> Any:
+    """``leaf`` refusing ``~``: an argument without a default, or whose default is not None, has nothing in its
+    code for None (``loss_weight: ~`` ends in ``None * tensor``); an argument whose default is None takes it."""
+    if default is inspect.Parameter.empty:
+        fix = f'{name} has no default; write a value'
+    else:
+        fix = f'delete the line for its default ({name}: {show(default)}) or write a value'
+
+    def check(value: Any) -> Any:
+        if value is None:
+            raise _fail(f'~ is not a value {owner} takes; {fix}')
+        return value
+    return Annotated[leaf, BeforeValidator(check)]
+
+
 @functools.lru_cache(maxsize=None)
 def arguments_model(owner: Callable, skip: Tuple[str, ...] = ()) -> Type[Section]:
-    """A section whose fields are ``owner``'s constructor arguments (less ``skip``), typed from their defaults."""
+    """A section whose fields are ``owner``'s constructor arguments (less ``skip``), typed from their defaults;
+    ``~`` only where the default is None."""
     params, any_kwargs = signature_parameters(owner)
-    fields = {name: (OVERRIDES.get(name, _leaf_for_default(name, p.default)), None)
+    title = getattr(owner, '__name__', 'the constructor')
+    fields = {name: (_not_none(OVERRIDES.get(name, _leaf_for_default(name, p.default)), title, name, p.default)
+                     if p.default is not None else ANY, None)
               for name, p in params.items() if name not in skip and name != 'type'}
     fields['type'] = (ANY, None)
     model = create_model(f'{getattr(owner, "__name__", "Owner")}Options', __base__=Section, **fields)
     model.OPEN = True  # unknown argument names are network_arguments_problem's, with the constructor's names
     return model
+
+
+# ---------------------------------------------------------------------------------------------------- models' keys
+class Reads(NamedTuple):
+    """The option keys a model's code reads: key -> whether every read is ``[key]`` (none ``.get``), per level;
+    ``defaults``: the constant default of a top-level ``.get(key, default)``."""
+
+    top: Dict[str, bool]
+    train: Dict[str, bool]
+    defaults: Dict[str, Any]
+
+
+def _holder(node: ast.AST) -> Optional[str]:
+    """'top' for ``self.opt`` / ``opt``, 'train' for ``self.opt['train']`` / ``opt['train']`` / ``train_opt``."""
+    if isinstance(node, ast.Attribute) and node.attr == 'opt' and isinstance(node.value, ast.Name) and \
+            node.value.id == 'self' or isinstance(node, ast.Name) and node.id == 'opt':
+        return 'top'
+    if isinstance(node, ast.Name) and node.id == 'train_opt' or isinstance(node, ast.Subscript) and \
+            _holder(node.value) == 'top' and _constant(node.slice) == 'train':
+        return 'train'
+    return None
+
+
+def _constant(node: ast.AST) -> Any:
+    return node.value if isinstance(node, ast.Constant) else None
+
+
+@functools.lru_cache(maxsize=None)
+def model_reads(model: type) -> Reads:
+    """The top-level and ``train`` keys that ``model``'s code and its bases' (BasicSR's and this package's) read,
+    from their source with ``ast``: the schema knows each key a model reads without a list to keep up to date."""
+    reads = Reads({}, {}, {})
+    for klass in model.__mro__:
+        if not klass.__module__.startswith(('basicsr.', 'dvmsr_mma.')):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):  # no source installed: its keys stay unknown
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Subscript) and not isinstance(node.ctx, ast.Store):
+                where, key, required, default = _holder(node.value), _constant(node.slice), True, None
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == 'get' \
+                    and node.args:
+                where, key, required = _holder(node.func.value), _constant(node.args[0]), False
+                default = _constant(node.args[1]) if len(node.args) > 1 else None
+            else:
+                continue
+            if where is None or not isinstance(key, str):
+                continue
+            level = getattr(reads, where)
+            level[key] = level.get(key, True) and required
+            if where == 'top' and default is not None:
+                reads.defaults[key] = default
+    return reads
+
+
+def probabilities(count: int, names: str, example: str) -> Any:
+    """``count`` probabilities that sum to 1 (``random.choices`` weights for ``names``)."""
+    def check(value: Any) -> Any:
+        if not (isinstance(value, list) and len(value) == count and all(_real(v) and 0 <= v <= 1 for v in value)
+                and abs(sum(value) - 1) < 1e-6):
+            raise _fail(f'{show(value)} is not {count} probabilities ({names}) summing to 1; write e.g. {example}')
+        return value
+    return Annotated[Any, PlainValidator(check)]
+
+
+def pair(fits: Callable[[float, float], bool], what: str, example: str) -> Any:
+    """A ``[low, high]`` range of two numbers that ``fits``."""
+    def check(value: Any) -> Any:
+        if not (isinstance(value, list) and len(value) == 2 and all(_real(v) for v in value) and fits(*value)):
+            raise _fail(f'{show(value)} is not {what}; write e.g. {example}')
+        return value
+    return Annotated[Any, PlainValidator(check)]
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+DEGRADATIONS: Tuple[Tuple[str, str, Callable[[str], Any]], ...] = (
+    # (key pattern, example value, key -> leaf): the top-level keys BasicSR's Real-ESRGAN models read to degrade
+    # the training images (which keys a model reads comes from its code: model_reads); two-stage keys end in 2
+    (r'resize_prob2?', '[0.2, 0.7, 0.1]', lambda ex: probabilities(3, 'up, down, keep', ex)),
+    (r'resize_range2?', '[0.15, 1.5]', lambda ex: pair(
+        lambda down, up: 0 < down <= 1 <= up, 'two scale factors [down, up] with 0 < down <= 1 <= up', ex)),
+    (r'jpeg_range2?', '[30, 95]', lambda ex: pair(
+        lambda low, high: 1 <= low <= high <= 100, 'two JPEG qualities [low, high] from 1 to 100', ex)),
+    (r'noise_range2?', '[1, 30]', lambda ex: pair(
+        lambda low, high: 0 <= low <= high, 'two Gaussian noise sigmas [low, high] (0-255), low <= high', ex)),
+    (r'poisson_scale_range2?', '[0.05, 3]', lambda ex: pair(
+        lambda low, high: 0 <= low <= high, 'two Poisson noise scales [low, high], low <= high', ex)),
+    (r'\w+_prob2?', '0.5', lambda ex: number(0, 1, ex, none_ok=False)),
+    (r'\w*gt_usm', 'true', lambda ex: flag(ex, none_ok=False)),
+    (r'high_order_degradation', 'true', lambda ex: flag(ex, none_ok=False)),
+    (r'gt_size', '256', lambda ex: whole(1, ex, none_ok=False)),
+    (r'queue_size', '180', lambda ex: whole(1, ex, none_ok=False)),
+)
+
+
+def degradation_leaf(key: str) -> Optional[Tuple[Any, str]]:
+    """The leaf and an example line of a Real-ESRGAN top-level key; None for another key."""
+    for pattern, value, leaf in DEGRADATIONS:
+        if re.fullmatch(pattern, key):
+            return leaf(f'{key}: {value}'), f'{key}: {value}'
+    return None
+
+
+def _patterned(section: Type[Section], key: str) -> bool:
+    return key in section.model_fields or any(re.fullmatch(pattern, key) for pattern, _ in section.PATTERNS)
+
+
+def model_class(model_type: Any) -> Optional[type]:
+    """The registered model named ``model_type``; None where there is none (the schema then says so)."""
+    from basicsr.utils.registry import MODEL_REGISTRY
+
+    if not isinstance(model_type, str):
+        return None
+    try:
+        return MODEL_REGISTRY.get(model_type)
+    except KeyError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def options_model(model: Optional[type]) -> Type[Options]:
+    """:class:`Options` plus the top-level and ``train`` keys ``model`` reads (:func:`model_reads`): Real-ESRGAN's
+    degradations typed (:data:`DEGRADATIONS`), the others known."""
+    if model is None:
+        return Options
+    reads = model_reads(model)
+    train = create_model(f'{model.__name__}Train', __base__=Train,
+                         **{key: (ANY, None) for key in reads.train if not _patterned(Train, key)})
+    top = {key: ((degradation_leaf(key) or (ANY,))[0], None) for key in reads.top if not _patterned(Options, key)}
+    return create_model(f'{model.__name__}Options', __base__=Options, train=(Optional[train], None), **top)
+
+
+def _first_definer(model: type, method: str) -> Optional[type]:
+    """The first of BasicSR's classes in ``model``'s bases that defines ``method`` (this package's models extend
+    BasicSR's)."""
+    return next((klass for klass in model.__mro__ if klass.__module__.startswith('basicsr.')
+                 and method in vars(klass)), None)
+
+
+def _model_rules(opt: Mapping[str, Any], model: Optional[type]) -> None:
+    """What a training file needs across keys for its model, which BasicSR finds only once it builds or trains it:
+    a loss for SRModel's step, a discriminator for the GAN models, Real-ESRGAN's degradations, a training-pair queue
+    of whole batches, a GT patch that fits the scale and USM sharpening."""
+    from basicsr.models.realesrgan_model import RealESRGANModel
+    from basicsr.models.sr_model import SRModel
+    from basicsr.models.srgan_model import SRGANModel
+    from basicsr.models.video_recurrent_gan_model import VideoRecurrentGANModel
+
+    train = opt.get('train')
+    if model is None or not isinstance(train, Mapping) or opt.get('is_train') is False:
+        return
+    name, init = model.__name__, _first_definer(model, 'init_training_settings')
+    if init is SRModel and not (train.get('pixel_opt') or train.get('perceptual_opt')):
+        raise OptionError(f'train.pixel_opt: not set, nor train.perceptual_opt; {name} trains with at least one of '
+                          'them; add e.g. pixel_opt: {type: L1Loss, loss_weight: 1.0}')
+    if init in (SRGANModel, VideoRecurrentGANModel):
+        for option, found, example in (
+                ('network_d', opt.get('network_d'), 'network_d: {type: UNetDiscriminatorSN, num_in_ch: 3}'),
+                ('train.optim_d', train.get('optim_d'), 'optim_d: {type: Adam, lr: 1.0e-4}'),
+                ('train.gan_opt', train.get('gan_opt'), 'gan_opt: {type: GANLoss, gan_type: vanilla}')):
+            if not found:
+                raise OptionError(f'{option}: not set; {name} trains a discriminator and needs it; add it, e.g. '
+                                  f'{example}')
+    reads = model_reads(model)
+    if opt.get('high_order_degradation', True):
+        for key, required in reads.top.items():
+            typed = degradation_leaf(key)
+            if required and typed and key not in opt:
+                raise OptionError(f'{key}: not set; {name} reads it to make the training pairs; add it, e.g. '
+                                  f'{typed[1]}')
+    if 'queue_size' in reads.top:
+        _check_queue(opt, name, reads.defaults.get('queue_size'))
+    gt_size, scale = opt.get('gt_size'), opt.get('scale')
+    if 'gt_size' in reads.top and isinstance(gt_size, int) and isinstance(scale, int) and scale > 0:
+        least = 26 if issubclass(model, RealESRGANModel) else 1  # USMSharp's 51-pixel kernel pads 25 by reflection
+        fit = max(least, gt_size) + (-max(least, gt_size)) % scale
+        if gt_size % scale or gt_size < least:
+            why = 'the LR patch is gt_size / scale pixels' if gt_size % scale else \
+                f'{name} USM-sharpens the GT patch, which needs at least {least} pixels'
+            raise OptionError(f'gt_size: {gt_size} does not fit: {why}; write gt_size: {fit}')
+        dataset = (opt.get('datasets') or {}).get('train') or {}
+        if dataset.get('type') == 'RealESRGANDataset' and gt_size > 400:
+            raise OptionError(f'gt_size: {gt_size} is larger than the 400x400 images RealESRGANDataset crops or '
+                              'pads every image to; write at most gt_size: 400')
+
+
+def _check_queue(opt: Mapping[str, Any], name: str, default: Any) -> None:
+    """The training-pair queue holds whole batches (BasicSR asserts it at the first iteration)."""
+    queue = opt.get('queue_size', default)
+    batch = ((opt.get('datasets') or {}).get('train') or {}).get('batch_size_per_gpu')
+    if not (isinstance(queue, int) and isinstance(batch, int) and batch > 0):
+        return
+    gpus, per = opt.get('num_gpu'), 'datasets.train.batch_size_per_gpu'
+    if isinstance(gpus, int) and gpus > 1 and not opt.get('dist'):  # DataParallel: one batch over all GPUs
+        batch, per = batch * gpus, f'{per} x num_gpu {gpus}'
+    if queue % batch:
+        low, given = queue - queue % batch, '' if 'queue_size' in opt else ' (the default)'
+        fix = f'{low} or {low + batch}' if low else str(batch)
+        raise OptionError(f'queue_size: {queue}{given} is not a multiple of the batch size {batch} ({per}); '
+                          f'{name}\'s training-pair queue holds whole batches; write queue_size: {fix}')
 
 
 # ---------------------------------------------------------------------------------------------------- validation
@@ -636,7 +853,8 @@ def validate_options(opt: Mapping[str, Any], context: Optional[Dict[str, Any]] =
     gpus = opt.get('num_gpu')
     context = {'cores': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1,
                'num_gpu': gpus if isinstance(gpus, int) and not isinstance(gpus, bool) else 1, **(context or {})}
-    top = _validate(Options, opt, '', context)
+    sr_model = model_class(opt.get('model_type'))
+    top = _validate(options_model(sr_model), opt, '', context)
     lines = _unknown(top, '', context)
     for phase, dataset in top.datasets.items():
         kind = dataset.get('type')
@@ -661,6 +879,7 @@ def validate_options(opt: Mapping[str, Any], context: Optional[Dict[str, Any]] =
     for name, metric in ((opt.get('val') or {}).get('metrics') or {}).items():
         if metric is not None:
             _arguments(f'val.metrics.{name}', metric, 'metric', skip=('img', 'img2'))
+    _model_rules(opt, sr_model)
     if lines and (opt.get('unknown_options') == 'error' or STRICT):
         raise OptionError(lines[0] + (f' (and {len(lines) - 1} more unknown options)' if len(lines) > 1 else '') +
                           '; fix the key, or remove it (unknown_options: error makes unknown keys errors)')
