@@ -14,6 +14,7 @@ setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.9',
     packages=find_packages(include=['dvmsr_mma', 'dvmsr_mma.*', 'datasets_prep', 'datasets_prep.*']),
+    py_modules=['dvmsr_mma_cli'],  # the console script: answers --help without importing the package (torch)
     package_data={'dvmsr_mma': ['demo/*.yml']},
     # What inference needs (basicsr infer --weights, dvmsr_mma.spandrel in ComfyUI / chaiNNer): no basicsr, which is
     # an sdist whose build pip runs in isolation (another torch) and which brings OpenCV, LMDB, scikit-image, ...
@@ -50,6 +51,6 @@ setup(
         'test': ['pytest', 'pytest-timeout', 'ruff', 'hypothesis',  # hypothesis: the option files' property tests
                  'triton; platform_system == "Linux" and platform_machine == "x86_64"'],
     },
-    entry_points={'console_scripts': ['basicsr = dvmsr_mma.cli:main']},
+    entry_points={'console_scripts': ['basicsr = dvmsr_mma_cli:main']},
     license='Apache-2.0',
 )

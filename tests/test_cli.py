@@ -1,4 +1,7 @@
 """The ``basicsr`` command: errors, and a tiny CPU train -> auto-resume -> test cycle through BasicSR."""
+import argparse
+import importlib
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from dvmsr_mma.cli import main
+from dvmsr_mma.cli import COMMANDS, main
 
 SCALE = 2
 
@@ -48,6 +51,113 @@ def test_help_lists_subcommands():
     for command in ('train', 'test', 'demo', 'prep', 'lmdb'):
         assert f'  {command} ' in result.stdout
 
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEAVY = {'torch', 'basicsr', 'numba', 'torchvision', 'cv2'}
+# the ``basicsr`` console script (setup.py's entry point), reporting what it imported when it answered
+LAUNCH = """
+import json, os, sys
+from dvmsr_mma_cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit_:
+    code = exit_.code
+with open(os.environ['REPORT'], 'w') as f:
+    json.dump({'code': code, 'imported': sorted({m.split('.')[0] for m in sys.modules})}, f)
+"""
+
+
+def launch(args, tmp_path):
+    """Run the console script's code in a fresh interpreter; (exit code, top-level modules imported, stdout,
+    stderr)."""
+    report = tmp_path / 'report.json'
+    out = subprocess.run([sys.executable, '-c', LAUNCH, *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, 'REPORT': str(report)})
+    result = json.loads(report.read_text())
+    return result['code'], set(result['imported']), out.stdout, out.stderr
+
+
+def test_console_script_is_the_launcher():
+    """The installed ``basicsr`` must be the launcher that defers the package's import (a reinstall picks it up)."""
+    with open(os.path.join(REPO, 'setup.py'), encoding='utf-8') as f:
+        assert "'basicsr = dvmsr_mma_cli:main'" in f.read()
+
+
+@pytest.mark.parametrize('args, code, says', [
+    (['--help'], 0, 'commands:'),
+    *[([command, '--help'], 0, f'usage: basicsr {"prep" if command in ("prep", "lmdb") else command}')
+      for command in COMMANDS],
+    (['prep', 'make_lr', '--help'], 0, '--compression-level LEVEL'),
+    (['trian'], 2, "invalid choice: 'trian'"),
+    (['infer', '--tile', 'x'], 2, "basicsr infer: error: argument --tile: invalid int value: 'x'"),
+    (['infer', '-i', 'in', '-o', 'out'], 2, 'basicsr infer: error: give --weights FILE'),
+    (['train', '-opt', 'missing.yml'], 2, 'basicsr train: error: -opt: no such option file: missing.yml'),
+    (['check', '-opt', 'missing.yml'], 2, 'basicsr check: error: -opt: no such option file: missing.yml'),
+    (['demo', '--iters', '0'], 2, 'basicsr demo: error: --iters must be positive, got 0'),
+    (['bench', '--arch', 'DVMSR', '--runs', '0'], 2, 'basicsr bench: error: --runs must be >= 1'),
+])
+def test_help_and_argument_errors_import_no_torch(args, code, says, tmp_path):
+    """``basicsr --help``, ``basicsr COMMAND --help`` and argument errors answer from the parsers alone: no torch,
+    basicsr, numba or OpenCV is imported (importing the package took 3-5 s; this answers in well under 0.5 s)."""
+    got, imported, out, err = launch(args, tmp_path)
+    assert got == code
+    assert says in (out if code == 0 else err)
+    assert not imported & HEAVY, sorted(imported & HEAVY)
+    if code:
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_command_that_runs_imports_the_package(tmp_path):
+    """Once the arguments are good, the package's __init__ runs (registries filled): BasicSR's own network builds."""
+    got, imported, out, err = launch(['bench', '--arch', 'SRVGGNetCompact', '--scale', '2', '--size', '8x8',
+                                      '--runs', '1', '--warmup', '0', '--no-flops', '--json'], tmp_path)
+    assert got == 0, err
+    assert {'torch', 'basicsr'} <= imported
+    assert json.loads(out.strip().splitlines()[-1])['params'] > 0
+
+
+def all_parsers():
+    """(command, parser) for every ``basicsr`` subcommand and every ``prep`` step."""
+    from datasets_prep.cli import _parser
+    parsers = [(name, importlib.import_module(module).parser()) for name, module in COMMANDS.items()
+               if hasattr(importlib.import_module(module), 'parser')]
+    prep = _parser('basicsr prep')
+    steps = next(a for a in prep._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return parsers + [(f'prep {step}', p) for step, p in steps.items()]
+
+
+def test_one_spelling_per_option_across_commands():
+    """An option that means one thing (its dest) is spelled one way in every command; old spellings stay as aliases
+    after it (make_lmdb's --compress-level)."""
+    spellings = {}
+    for command, parser in all_parsers():
+        for action in parser._actions:
+            if action.option_strings and action.dest != 'help':
+                name = next((o for o in action.option_strings if o.startswith('--')), action.option_strings[0])
+                spellings.setdefault(action.dest, {}).setdefault(name, []).append(command)
+    assert {dest: s for dest, s in spellings.items() if len(s) > 1} == {}
+    assert 'compression_level' in spellings and 'compress_level' not in spellings
+
+
+def test_old_option_spelling_still_works():
+    from datasets_prep.cli import _parser
+    for flag in ('--compression-level', '--compress-level'):
+        args = _parser('basicsr prep').parse_args(['make_lmdb', '--input', 'a', '--output', 'b.lmdb', flag, '5'])
+        assert args.compression_level == 5
+
+
+def test_help_shows_every_default():
+    """Each option with a default says it in --help (argparse's formatter shows none)."""
+    for command, parser in all_parsers():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                assert 'default' in formatter._get_help_string(action), (command, action.dest)
+    demo = ' '.join(importlib.import_module('dvmsr_mma.cli.demo').parser().format_help().split())
+    assert 'training iterations (default: 1000)' in demo and '(default: demo_output)' in demo
+    bench = ' '.join(importlib.import_module('dvmsr_mma.cli.bench').parser().format_help().split())
+    assert 'timed warm runs (median reported) (default: 10)' in bench and '(default 256x256)' not in bench
 
 def _tiny_options(tmp_path, total_iter, write_pairs):
     train_hr, train_lr = write_pairs(tmp_path / 'train', 4, 64, seed=0)

@@ -1,27 +1,32 @@
 """``basicsr check -opt FILE``: the schema and the pre-flight checks of ``basicsr train`` / ``test``, nothing built
 or written; exit 0, or 2 with the one line (for a project's own CI)."""
+import argparse
 import contextlib
 import io
 import os
 import sys
-from typing import List
 
+from dvmsr_mma.cli import OneLineParser
 from dvmsr_mma.cli.pipeline import _argv, check_option_file
 
 HELP = 'validate an option file (schema and pre-flight checks; nothing is built or written): -opt FILE [--strict]'
 
 
-def main(argv: List[str]) -> int:
-    from dvmsr_mma.cli import OneLineParser
-
+def parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog='basicsr check', description=HELP)
     parser.add_argument('-opt', required=True, metavar='FILE', help='option YAML file')
     parser.add_argument('--phase', choices=['train', 'test'],
                         help='check as basicsr train or basicsr test would (default: train if it has a train section)')
     parser.add_argument('--strict', action='store_true', help='unknown keys are errors, not warnings')
     parser.add_argument('--force_yml', nargs='+', metavar='KEY:KEY=VALUE', help='override options, as basicsr train')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check(args: argparse.Namespace) -> None:
     check_option_file(args.opt)
+
+
+def run(args: argparse.Namespace) -> int:
     import basicsr.test
     import basicsr.train
     import yaml

@@ -1,6 +1,6 @@
 """``basicsr export``: write a network with its weights as ONNX, checked in onnxruntime against PyTorch."""
+import argparse
 import sys
-from typing import List
 
 from dvmsr_mma.cli import OneLineParser
 from dvmsr_mma.cli.network_args import add_network_arguments, network_source
@@ -8,7 +8,7 @@ from dvmsr_mma.cli.network_args import add_network_arguments, network_source
 HELP = 'ONNX export, checked in onnxruntime: --weights FILE | -opt FILE, --onnx OUT.onnx [--dynamic | --size HxW]'
 
 
-def main(argv: List[str]) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog='basicsr export', description=HELP)
     add_network_arguments(parser)
     parser.add_argument('--onnx', required=True, metavar='OUT.onnx', help='the file to write (replaced atomically)')
@@ -19,16 +19,21 @@ def main(argv: List[str]) -> int:
     parser.add_argument('--opset', type=int, help='ONNX opset (default: torch\'s)')
     parser.add_argument('--fp16', action='store_true', help='a float16 graph (float16 input and output)')
     parser.add_argument('--no-check', action='store_true', help='skip the onnxruntime check')
-    args = parser.parse_args(argv)
+    return parser
 
+
+def check(args: argparse.Namespace) -> None:
+    args.source = network_source(args)
+
+
+def run(args: argparse.Namespace) -> int:
     from dvmsr_mma.tools.bench import parse_size
     from dvmsr_mma.tools.export import ExportCheckFailed, export_onnx, require
     from dvmsr_mma.tools.infer import load_network
-    source = network_source(args)
     size = parse_size(args.size)
     for module in ('onnx', 'onnxscript') if args.no_check else ('onnx', 'onnxscript', 'onnxruntime'):
         require(module)  # before the network is built
-    net, scale = load_network(source, args.scale, args.weights)
+    net, scale = load_network(args.source, args.scale, args.weights)
     try:
         result = export_onnx(net, args.onnx, scale, size=size, opset=args.opset, fp16=args.fp16,
                              dynamic=args.dynamic, check=not args.no_check)

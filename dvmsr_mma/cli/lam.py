@@ -1,7 +1,7 @@
 """``basicsr lam``: the Local Attribution Map and diffusion index of a network for one window of one HR image."""
+import argparse
 import json
 import os
-from typing import List
 
 from dvmsr_mma.cli import OneLineParser
 from dvmsr_mma.cli.network_args import add_network_arguments, network_source
@@ -9,18 +9,18 @@ from dvmsr_mma.cli.network_args import add_network_arguments, network_source
 HELP = 'LAM + diffusion index: --weights FILE | -opt FILE, -i HR_IMAGE --window ROW,COL -o OUTDIR'
 
 
-def main(argv: List[str]) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog='basicsr lam', description=HELP)
     add_network_arguments(parser)
     parser.add_argument('-i', '--input', required=True, metavar='HR_IMAGE',
                         help='HR image; cropped to a multiple of the scale and downscaled to make the LR input')
     parser.add_argument('--window', required=True, metavar='ROW,COL',
                         help='top-left corner of the window in HR pixels (row, column)')
-    parser.add_argument('--window-size', type=int, default=16, help='window side in HR pixels (default 16)')
-    parser.add_argument('--fold', type=int, default=50, help='path steps (default 50)')
-    parser.add_argument('--sigma', type=float, default=1.2, help='blur of the path\'s baseline (default 1.2)')
-    parser.add_argument('--kernel-size', type=int, default=9, help='blur kernel side, odd (default 9)')
-    parser.add_argument('--alpha', type=float, default=0.5, help='weight of the LR image in the picture (0.5)')
+    parser.add_argument('--window-size', type=int, default=16, help='window side in HR pixels')
+    parser.add_argument('--fold', type=int, default=50, help='path steps')
+    parser.add_argument('--sigma', type=float, default=1.2, help='blur of the path\'s baseline')
+    parser.add_argument('--kernel-size', type=int, default=9, help='blur kernel side, odd')
+    parser.add_argument('--alpha', type=float, default=0.5, help='weight of the LR image in the picture')
     parser.add_argument('--lr', choices=['pil', 'matlab'], default='pil',
                         help='LR from PIL bicubic (LAM_Demo, default) or BasicSR\'s MATLAB bicubic')
     parser.add_argument('--batch', type=int, default=10, help='path steps per forward/backward (memory bound)')
@@ -28,8 +28,14 @@ def main(argv: List[str]) -> int:
     parser.add_argument('-o', '--output', required=True, metavar='OUTDIR',
                         help='writes <name>_lam.png, <name>_sr.png, <name>_lam.json here')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
-    args = parser.parse_args(argv)
+    return parser
 
+
+def check(args: argparse.Namespace) -> None:
+    args.source = network_source(args, weights_needed=False)  # dvmsr_mma.tools.lam.load_network names what is missing
+
+
+def run(args: argparse.Namespace) -> int:
     import cv2
     import torch
 
@@ -45,7 +51,6 @@ def main(argv: List[str]) -> int:
         sr_image,
     )
     from dvmsr_mma.utils.errors import OptionError
-    source = network_source(args, weights_needed=False)  # dvmsr_mma.tools.lam.load_network names what is missing
     window = parse_window(args.window)
     check_alpha(args.alpha)
     hr = read_hr(args.input)
@@ -53,7 +58,7 @@ def main(argv: List[str]) -> int:
     if device == 'cuda' and not torch.cuda.is_available():
         raise OptionError('--device cuda: no CUDA device available')
     prepare_output_dir(args.output)
-    net, scale = load_network(source, scale=args.scale, weights=args.weights)
+    net, scale = load_network(args.source, scale=args.scale, weights=args.weights)
     result, lr = attribution_of_image(net, scale, hr, window, window_size=args.window_size, fold=args.fold,
                                       sigma=args.sigma, kernel_size=args.kernel_size, lr_mode=args.lr,
                                       batch=args.batch, device=device, progress=not args.quiet)

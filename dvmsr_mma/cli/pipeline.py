@@ -49,19 +49,29 @@ def _argv(argv: List[str]) -> Iterator[None]:
         sys.argv = saved
 
 
-def run_pipeline(command: str, description: str, argv: List[str]) -> int:
-    """``basicsr train`` / ``basicsr test``: check the command line, then run BasicSR's own pipeline with
-    ``argv`` as its command line and the current directory as root, so ``experiments/``, ``results/`` and
-    ``tb_logger/`` (and ``--auto_resume``'s search) share one place. A run stopped on purpose (a non-finite loss,
-    a SIGTERM/SIGINT) has logged why; its exit code is the stop's (1, or 128 + the signal), without a traceback."""
+def pipeline_parser(command: str, description: str) -> argparse.ArgumentParser:
+    """``basicsr train`` / ``basicsr test``: BasicSR's own flags, checked before anything is imported."""
     from dvmsr_mma.cli import OneLineParser
 
-    prog = f'basicsr {command}'
-    parser = OneLineParser(prog=prog, description=description)
+    parser = OneLineParser(prog=f'basicsr {command}', description=description)
     add_basicsr_flags(parser, train=command == 'train')
-    check_option_file(parser.parse_args(argv).opt)
+    return parser
+
+
+def basicsr_argv(args: argparse.Namespace) -> List[str]:
+    """The command line BasicSR's ``parse_options`` reads (from ``sys.argv``), rebuilt from the parsed flags."""
+    argv = ['-opt', args.opt, '--launcher', args.launcher, '--local_rank', str(args.local_rank)]
+    argv += ['--auto_resume'] * bool(getattr(args, 'auto_resume', False)) + ['--debug'] * args.debug
+    return argv + (['--force_yml', *args.force_yml] if args.force_yml else [])
+
+
+def run_pipeline(command: str, args: argparse.Namespace) -> int:
+    """Run BasicSR's own pipeline with ``args`` as its command line and the current directory as root, so
+    ``experiments/``, ``results/`` and ``tb_logger/`` (and ``--auto_resume``'s search) share one place. A run stopped
+    on purpose (a non-finite loss, a SIGTERM/SIGINT) has logged why; its exit code is the stop's (1, or 128 + the
+    signal), without a traceback."""
     pipeline: Callable[[str], None] = getattr(importlib.import_module(f'basicsr.{command}'), f'{command}_pipeline')
-    with _argv([prog, *argv]):
+    with _argv([f'basicsr {command}', *basicsr_argv(args)]):
         try:
             pipeline(os.getcwd())
         except TrainingStopped as stop:

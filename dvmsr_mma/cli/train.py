@@ -1,10 +1,18 @@
 """``basicsr train -opt FILE``: BasicSR's ``train_pipeline``, flags and ``--force_yml`` syntax unchanged."""
-from typing import List
+import argparse
 
-from dvmsr_mma.cli.pipeline import run_pipeline
+from dvmsr_mma.cli.pipeline import check_option_file, pipeline_parser, run_pipeline
 
 HELP = 'train a network with BasicSR\'s train pipeline (-opt FILE [--auto_resume] [--debug] ...)'
 
 
-def main(argv: List[str]) -> int:
-    return run_pipeline('train', HELP, argv)
+def parser() -> argparse.ArgumentParser:
+    return pipeline_parser('train', HELP)
+
+
+def check(args: argparse.Namespace) -> None:
+    check_option_file(args.opt)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_pipeline('train', args)
