@@ -30,6 +30,20 @@ def fresh_dispatch(monkeypatch):
     return monkeypatch
 
 
+@pytest.fixture
+def fresh_logger(monkeypatch):
+    """Each run sets up BasicSR's logger anew (stderr and its own log file); BasicSR does it once per process."""
+    import logging
+
+    import basicsr.utils.logger
+    logger = logging.getLogger('basicsr')
+    monkeypatch.setattr(logger, 'handlers', [])
+    monkeypatch.setattr(basicsr.utils.logger, 'initialized_logger', {})
+    yield
+    for handler in logger.handlers:
+        handler.close()
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -5,14 +5,16 @@ exit 1. ``basicsr prep verify`` decodes every image of a folder; decoding failur
 import os
 import re
 
+import basicsr.utils.logger
 import cv2
 import lmdb
 import numpy as np
 import pytest
 import yaml
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
-from train_runs import run_train, write_options
+from train_runs import run_log, run_train, tiny_dvmsr, write_options
 
+from dvmsr_mma.cli import main
 from dvmsr_mma.tools.image_io import ImageReadError, decode
 
 BAD = ('0100', '0101', '0102')  # truncated, zero bytes, text
@@ -179,3 +181,57 @@ def test_stop_on_bad_images_saves_the_last_iteration(tmp_path, write_pairs):
     assert saved, result.stderr[-3000:]
     assert (run_dir(tmp_path) / 'training_states' / f'{saved[1]}.state').is_file()
     assert (run_dir(tmp_path) / 'models' / f'net_g_{saved[1]}.pth').is_file()
+
+
+def _test_options(folder, hr, lr, weights):
+    opt = {'name': folder.name, 'model_type': 'SRModel', 'scale': 2, 'num_gpu': 0,
+           'datasets': {'test_1': {'name': 'set', 'type': 'PairedImageDataset', 'dataroot_gt': hr, 'dataroot_lq': lr,
+                                   'io_backend': {'type': 'disk'}}},
+           'network_g': tiny_dvmsr(), 'path': {'pretrain_network_g': str(weights), 'param_key_g': 'params'},
+           'val': {'save_img': False, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 2}}}}
+    path = folder / 'test.yml'
+    path.write_text(yaml.safe_dump(opt))
+    return path
+
+
+@pytest.fixture
+def tiny_weights(tmp_path):
+    import torch
+
+    from dvmsr_mma.archs.dvmsr_arch import DVMSR
+
+    torch.manual_seed(0)
+    weights = tmp_path / 'net.pth'
+    torch.save({'params': DVMSR(**{k: v for k, v in tiny_dvmsr().items() if k != 'type'}).state_dict()}, weights)
+    return weights
+
+
+def test_validation_leaves_a_bad_image_out_and_says_over_how_many(tmp_path, write_pairs, monkeypatch, fresh_logger,
+                                                                   tiny_weights):
+    """Issue 30: another sample in place of a bad one counted one image twice in the metric. The PSNR with the bad
+    image among three is the PSNR of the two good ones alone, and the log says so."""
+    both = write_pairs(tmp_path / 'bad', 3, 32, seed=3)
+    good = write_pairs(tmp_path / 'good', 2, 32, seed=3)  # the same first two pairs
+    good_png = open(os.path.join(both[0], '0002.png'), 'rb').read()
+    open(os.path.join(both[0], '0002.png'), 'wb').write(good_png[:len(good_png) // 2])  # truncated
+    monkeypatch.chdir(tmp_path)
+    logs = {}
+    for name, (hr, lr) in (('good', good), ('bad', both)):
+        basicsr.utils.logger.initialized_logger.clear()  # a log file per run
+        assert main(['test', '-opt', str(_test_options(tmp_path / name, hr, lr, tiny_weights))]) == 0
+        logs[name] = run_log(tmp_path / 'results' / name)
+    psnr = {name: re.findall(r'# psnr: (\S+)', log)[-1] for name, log in logs.items()}
+    assert psnr['bad'] == psnr['good']
+    assert 'skipping a bad image, it is left out of the metrics: ' in logs['bad']
+    assert 'datasets.test:set: the metrics are averages over 2 of 3 images (1 left out: bad images)' in logs['bad']
+
+
+def test_validation_with_no_readable_image_stops_with_one_line(tmp_path, write_pairs, monkeypatch, fresh_logger,
+                                                                tiny_weights, capsys):
+    hr, lr = write_pairs(tmp_path, 1, 32, seed=3)
+    open(os.path.join(hr, '0000.png'), 'wb').write(b'')
+    monkeypatch.chdir(tmp_path)
+    assert main(['test', '-opt', str(_test_options(tmp_path, hr, lr, tiny_weights))]) == 1
+    assert 'Traceback' not in capsys.readouterr().err
+    last = run_log(tmp_path / 'results' / tmp_path.name).strip().splitlines()[-1]
+    assert 'ERROR: datasets.test:set: none of its 1 images can be read' in last

@@ -16,13 +16,12 @@ The templates below have the official files' keys and values (comments left out)
 MMA-B (19.8M parameters) on a 64x64 LR patch is heavy on a CPU: each one-iteration training run took 14-69 s on
 this project's shared 2-core machine, hence the ``slow`` marks; the test runs took 2-16 s.
 """
-import logging
 import os
 
-import basicsr.utils.logger
 import pytest
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
+from train_runs import run_log
 
 from dvmsr_mma.cli import main
 
@@ -188,17 +187,6 @@ val:
 {metrics}"""
 
 
-@pytest.fixture
-def fresh_logger(monkeypatch):
-    """Each run sets up BasicSR's logger anew (stderr and its own log file); BasicSR does it once per process."""
-    logger = logging.getLogger('basicsr')
-    monkeypatch.setattr(logger, 'handlers', [])
-    monkeypatch.setattr(basicsr.utils.logger, 'initialized_logger', {})
-    yield
-    for handler in logger.handlers:
-        handler.close()
-
-
 def network(scale, res_scale=None):
     text = NETWORK.format(scale=scale)
     return text + (f'  res_scale: {res_scale}\n' if res_scale is not None else '')
@@ -247,12 +235,6 @@ def inference_yml(tmp_path, scale, pretrain, res_scale=None):
     path = tmp_path / f'test_MMA_x{scale}.yml'
     path.write_text(text)
     return path
-
-
-def run_log(folder):
-    logs = sorted(p for p in os.listdir(folder) if p.endswith('.log'))
-    with open(os.path.join(folder, logs[-1])) as f:
-        return f.read()
 
 
 @pytest.mark.slow

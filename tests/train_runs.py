@@ -125,3 +125,10 @@ def assert_same_weights(a, b):
         assert a[key].keys() == b[key].keys()
         different = [name for name, value in a[key].items() if not torch.equal(value, b[key][name])]
         assert not different, f'{key}: {len(different)} tensors differ, e.g. {different[0]}'
+
+
+def run_log(folder):
+    """The text of the newest BasicSR log file in ``folder`` (a run's experiments or results folder)."""
+    logs = sorted(p for p in os.listdir(folder) if p.endswith('.log'))
+    with open(os.path.join(folder, logs[-1])) as f:
+        return f.read()

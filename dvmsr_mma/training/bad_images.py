@@ -1,4 +1,5 @@
-"""A training or validation sample whose image does not decode is logged once and replaced; too many stop the run.
+"""A sample whose image does not decode is logged once and replaced (training) or left out (validation, testing);
+too many stop the run.
 
 BasicSR 1.4.2 decodes with ``imfrombytes``, which returns ``cv2.imdecode``'s ``None`` for a truncated, empty or
 non-image file, and the dataset dies on ``None.astype`` (an LMDB key that is missing dies in ``np.frombuffer``):
@@ -7,10 +8,12 @@ on DF2K's ~100k sub-images one damaged file ends a multi-day run at a random ite
 - ``FileClient.get`` remembers the path (or LMDB key) it read, and an LMDB key without a value, a file that
   cannot be opened or bytes that do not decode raise :class:`BadImage` naming it;
 - each built dataset is wrapped in :class:`TolerantDataset`: a sample that raises ``BadImage`` is logged once
-  (WARNING, with the path and why) and the sample ``index + k * 7919`` (k = 1, 2, ...) is taken instead: no random
-  number is drawn, so a run without a bad image is bit-identical to one without the wrapper, and exact resume holds;
-- when more than ``datasets.<phase>.max_bad_share`` (default 1%) of a dataset's files proved bad, the run stops with
-  one line: training saves its state as on SIGTERM (the last finished iteration) and exits 1.
+  (WARNING, with the path and why). In training the sample ``index + k * 7919`` (k = 1, 2, ...) is taken instead:
+  no random number is drawn, so a run without a bad image is bit-identical to one without the wrapper, and exact
+  resume holds. In validation and testing the image is left out (:class:`SkippingLoader`): another sample would
+  count one image twice in the metrics; the log says over how many images they are averaged;
+- when more than ``datasets.<phase>.max_bad_share`` (default 1%) of a training set's files proved bad, or none of a
+  validation set's, the run stops with one line: training saves its state as on SIGTERM (the last finished iteration) and exits 1.
 
 Images that decode are converted as ``imfrombytes`` converts them (``IMREAD_COLOR``: grayscale to 3 channels,
 RGBA without alpha, 16-bit to 8-bit, CMYK JPEG to BGR), so mixed folders train as they do in BasicSR.
@@ -90,11 +93,15 @@ def _decoding(imfrombytes: Callable) -> Callable:
     return wrapper
 
 
-class TolerantDataset(Dataset):
-    """``dataset`` whose samples with a :class:`BadImage` are replaced by others (see the module docstring)."""
+BAD_SAMPLE = 'bad_image'  # the key of what a skipping dataset returns for a bad image: {BAD_SAMPLE: message}
 
-    def __init__(self, dataset: Dataset, where: str, max_bad_share: float):
-        self.dataset, self.where, self.max_bad_share = dataset, where, max_bad_share
+
+class TolerantDataset(Dataset):
+    """``dataset`` whose samples with a :class:`BadImage` are replaced by others, or with ``skip`` (validation,
+    testing) marked as ``{BAD_SAMPLE: message}`` for :class:`SkippingLoader` to leave out."""
+
+    def __init__(self, dataset: Dataset, where: str, max_bad_share: float, skip: bool = False):
+        self.dataset, self.where, self.max_bad_share, self.skip = dataset, where, max_bad_share, skip
         self.bad: Dict[str, str] = {}
 
     def __getattr__(self, name: str) -> Any:  # opt, paths, file_client...: BasicSR reads dataset attributes
@@ -107,6 +114,12 @@ class TolerantDataset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         size = len(self.dataset)
+        if self.skip:
+            try:
+                return self.dataset[index]
+            except BadImage as err:
+                self._record(str(err), size)
+                return {BAD_SAMPLE: str(err)}
         for attempt in range(size):
             try:
                 return self.dataset[(index + attempt * STRIDE) % size]
@@ -121,13 +134,53 @@ class TolerantDataset(Dataset):
         if key in self.bad:
             return
         self.bad[key] = message
-        get_root_logger().warning(f'{self.where}: skipping a bad image, another sample is drawn: {message}')
-        if len(self.bad) > self.max_bad_share * size:
+        instead = 'it is left out of the metrics' if self.skip else 'another sample is drawn'
+        get_root_logger().warning(f'{self.where}: skipping a bad image, {instead}: {message}')
+        if not self.skip and len(self.bad) > self.max_bad_share * size:
             line = (f'{self.where}: {len(self.bad)} of its {size} samples have bad images, more than max_bad_share '
                     f'{self.max_bad_share:g}; e.g. {message}; check the data with basicsr prep verify --input '
                     '<folder>, or raise max_bad_share')
             get_root_logger().error(line)
             raise TooManyBadImages(line)
+
+
+class SkippingLoader:
+    """A validation or test DataLoader without the samples a skipping :class:`TolerantDataset` marked bad (BasicSR
+    loads them one at a time and averages its metrics over the batches it was given); at the end of a pass with
+    bad images, one line says over how many images the metrics are."""
+
+    def __init__(self, loader: Any, where: str):
+        self.loader, self.where = loader, where
+
+    def __getattr__(self, name: str) -> Any:  # dataset, sampler...: BasicSR reads loader attributes
+        if name == 'loader':
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Any:
+        from basicsr.utils import get_root_logger
+
+        total = skipped = 0
+        for batch in self.loader:
+            total += 1
+            if isinstance(batch, dict) and BAD_SAMPLE in batch:
+                skipped += 1
+                continue
+            yield batch
+        if skipped == total > 0:
+            line = f'{self.where}: none of its {total} images can be read; check them with basicsr prep verify'
+            get_root_logger().error(line)
+            raise TooManyBadImages(line)
+        if skipped:
+            get_root_logger().warning(f'{self.where}: the metrics are averages over {total - skipped} of {total} '
+                                      f'images ({skipped} left out: bad images)')
+
+
+def _where(dataset_opt: Dict[str, Any]) -> str:
+    return f'datasets.{dataset_opt.get("phase", "")}:{dataset_opt.get("name")}'
 
 
 def _building(build_dataset: Callable) -> Callable:
@@ -136,8 +189,19 @@ def _building(build_dataset: Callable) -> Callable:
         dataset = build_dataset(dataset_opt)
         share = dataset_opt.get('max_bad_share')
         share = DEFAULT_MAX_BAD_SHARE if share is None else share
-        return TolerantDataset(dataset, f'datasets.{dataset_opt.get("phase", "")}:{dataset_opt.get("name")}',
-                               share)
+        return TolerantDataset(dataset, _where(dataset_opt), share, skip=dataset_opt.get('phase') != 'train')
+
+    return wrapper
+
+
+def _loading(build_dataloader: Callable) -> Callable:
+    """``build_dataloader`` whose validation and test loaders leave out the bad samples."""
+
+    @functools.wraps(build_dataloader)
+    def wrapper(dataset, dataset_opt, *args, **kwargs):
+        loader = build_dataloader(dataset, dataset_opt, *args, **kwargs)
+        skip = isinstance(dataset, TolerantDataset) and dataset.skip
+        return SkippingLoader(loader, _where(dataset_opt)) if skip else loader
 
     return wrapper
 
@@ -213,5 +277,7 @@ def install() -> None:
             module.imfrombytes = patched
     basicsr.train.build_dataset = _building(basicsr.train.build_dataset)
     basicsr.test.build_dataset = _building(basicsr.test.build_dataset)
+    basicsr.train.build_dataloader = _loading(basicsr.train.build_dataloader)
+    basicsr.test.build_dataloader = _loading(basicsr.test.build_dataloader)
     basicsr.train.build_model = _remembering(basicsr.train.build_model)
     basicsr.train.train_pipeline = _stopping_on_bad_images(basicsr.train.train_pipeline)
