@@ -1,10 +1,10 @@
 """Mixer benchmark: the networks on CPU with this checkout's ops against a baseline commit read from git, in one run.
 
-    python benchmarks/bench_mixer.py [--baseline 9cc0b7e] [--rounds 3] [--quick]
+    python benchmarks/bench_mixer.py [--baseline 9cc0b7e] [--rounds N] [--quick]
 
 Every case runs in fresh child processes, the baseline (the package of ``--baseline``, from ``git archive``) and
-this checkout back to back in each of ``--rounds`` rounds; each child times a few warm runs and keeps its best. The
-speedup printed is the median over rounds of the paired ratio (see :func:`compare`).
+this checkout back to back in each of ``--rounds`` rounds (default 5); each child times a few warm runs and keeps
+its best. The speedup printed is the median over rounds of the paired ratio (see :func:`compare`).
 Threads: torch's default (one per core), as a ``basicsr`` command has them.
 
 * DVMSR x4 (released size) forward on a 256x256 LR image, MMA-T x2 forward on 128x128, no grad;
