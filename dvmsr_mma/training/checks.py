@@ -137,6 +137,8 @@ def check_options(opt: Mapping[str, Any]) -> None:
         for key, path in opt['path'].items():
             if key.startswith('pretrain_network') and isinstance(path, str) and not osp.isfile(path):
                 raise OptionError(_no_weights(f'path.{key}', path, opt['is_train']))
+    if opt['is_train']:
+        check_vgg_weights(opt['train'])
 
 
 def _check_types(opt: Mapping[str, Any]) -> None:
@@ -334,6 +336,63 @@ def _from_cwd(path: str) -> str:
 def _no_weights(option: str, path: str, is_train: bool) -> str:
     hint = ', or set it to ~ to start without pretrained weights' if is_train else ''
     return f'{option}: no such file: {path}{_from_cwd(path)}; fix the path{hint}'
+
+
+# ---------------------------------------------------------------------------------------------------- VGG weights
+DOWNLOAD_TIMEOUT = 5  # seconds to wait for torchvision's download server before calling this machine offline
+
+
+def check_vgg_weights(train_opt: Mapping[str, Any]) -> None:
+    """A loss with a ``vgg_type`` (BasicSR's ``PerceptualLoss``) loads ImageNet VGG weights when it is built: BasicSR's
+    ``VGG_PRETRAIN_PATH`` (relative to the working folder) if it exists, else torchvision's file in torch hub's cache
+    (``$TORCH_HOME/hub/checkpoints``), downloaded when missing. On a machine that cannot download (most compute
+    nodes of a cluster) that was a ``URLError`` traceback after the whole run was built; here it is one line naming
+    the file and where to put it, before anything is built, and no download that is bound to fail is begun."""
+    from basicsr.utils.registry import LOSS_REGISTRY
+
+    for key, loss_opt in train_opt.items():
+        if not (isinstance(loss_opt, Mapping) and isinstance(loss_opt.get('type'), str) and str(key).endswith('_opt')):
+            continue
+        params, _ = signature_parameters(LOSS_REGISTRY.get(loss_opt['type']))
+        if 'vgg_type' in params:
+            _check_vgg_file(f'train.{key}', loss_opt['type'], loss_opt.get('vgg_type', params['vgg_type'].default))
+
+
+def _check_vgg_file(where: str, loss: str, vgg_type: str) -> None:
+    import torch
+    import torchvision
+    from basicsr.archs.vgg_arch import VGG_PRETRAIN_PATH
+
+    if osp.isfile(VGG_PRETRAIN_PATH):  # BasicSR loads it for any vgg_type
+        if vgg_type != 'vgg19':
+            raise OptionError(f'{where}.vgg_type: {vgg_type}, but BasicSR loads {osp.abspath(VGG_PRETRAIN_PATH)} '
+                              '(VGG19 weights) for any vgg_type when that file exists; use vgg_type: vgg19, or move '
+                              'the file')
+        return
+    try:
+        url = torchvision.models.get_model_weights(vgg_type).IMAGENET1K_V1.url
+    except (ValueError, AttributeError):  # not a torchvision VGG: BasicSR's own error names it
+        return
+    cached = osp.join(torch.hub.get_dir(), 'checkpoints', osp.basename(url))
+    if osp.isfile(cached) or _can_download(url):
+        return
+    raise OptionError(f'{where}: {loss} needs the ImageNet weights of {vgg_type}, {osp.basename(url)}, which are '
+                      f'neither at {cached} (torchvision\'s cache, under $TORCH_HOME) nor at '
+                      f'{osp.abspath(VGG_PRETRAIN_PATH)} (BasicSR\'s path, relative to the working folder), and '
+                      f'this machine cannot download {url}; fetch it where there is internet and copy it to either '
+                      'place (docs/training.md, "VGG weights on an offline machine")')
+
+
+def _can_download(url: str) -> bool:
+    """Whether ``url`` answers within :data:`DOWNLOAD_TIMEOUT`, through the proxies torch.hub's download uses
+    (urllib's, from the environment)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method='HEAD'), timeout=DOWNLOAD_TIMEOUT):
+            return True
+    except (OSError, ValueError):  # URLError and HTTPError are OSErrors, a timeout too
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
