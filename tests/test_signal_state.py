@@ -94,3 +94,44 @@ def test_two_ranks_stop_together_and_resume(tmp_path, write_pairs):
     assert codes == [0], output[-5000:]
     assert 'Resuming training from epoch: 1, iter: 2.' in output, output[-5000:]
     assert (run / 'models' / 'net_g_latest.pth').is_file()
+
+
+def _open_group():
+    import datetime
+
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{_free_port()}', rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=60))
+
+
+@pytest.mark.parametrize('ends', ['finished', 'interrupted', 'failed'])
+def test_the_process_group_a_run_opened_is_closed_and_one_the_caller_opened_is_kept(ends):
+    """Left to interpreter exit, gloo's teardown could abort a finished rank (exit -6); a group the caller opened
+    before the run is the caller's."""
+    import torch.distributed as dist
+
+    from dvmsr_mma.training.stop_signals import _with_handlers
+    from dvmsr_mma.utils.errors import TrainingInterrupted
+
+    def pipeline(root_path):
+        if not dist.is_initialized():
+            _open_group()  # as --launcher makes BasicSR's parse_options do
+        if ends == 'interrupted':
+            raise TrainingInterrupted('stopped', signal.SIGTERM)
+        if ends == 'failed':
+            raise ValueError('a bug')
+
+    def run():
+        try:
+            _with_handlers(pipeline)('.')
+        except (TrainingInterrupted, ValueError):
+            assert ends != 'finished'
+
+    run()
+    assert not dist.is_initialized()
+    _open_group()
+    try:
+        run()
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()

@@ -11,7 +11,8 @@ process at once, as the signal itself would.
 
 Distributed runs: each iteration the ranks agree (one all-reduce of one number) on whether any of them got a
 signal, so all stop after the same iteration even when only one was signalled; rank 0 writes, the others wait
-for it before they exit (a rank that exits early makes torchrun kill the rest, rank 0 mid-save included).
+for it before they exit (a rank that exits early makes torchrun kill the rest, rank 0 mid-save included). The
+process group the run opened is closed when it ends, stopped or finished (:func:`close_process_group`).
 Forked DataLoader workers inherit the handler and ignore the signal: the main process decides.
 """
 import contextlib
@@ -125,13 +126,38 @@ def _stopping(build_model: Callable) -> Callable:
 
 
 def _with_handlers(train_pipeline: Callable) -> Callable:
+    """``train_pipeline`` with the handlers, closing the process group that the run opened (``--launcher``)."""
 
     @functools.wraps(train_pipeline)
     def wrapper(*args, **kwargs):
-        with handling():
-            return train_pipeline(*args, **kwargs)
+        opened_here = not (dist.is_available() and dist.is_initialized())
+        together = False
+        try:
+            with handling():
+                result = train_pipeline(*args, **kwargs)
+            together = True
+            return result
+        except TrainingInterrupted:
+            together = True
+            raise
+        finally:
+            if opened_here:
+                close_process_group(together)
 
     return wrapper
+
+
+def close_process_group(together: bool) -> None:
+    """Close the process group a run opened, before the interpreter exits. Left to exit, a rank whose peer had gone
+    could abort in gloo's teardown ("terminate called without an active exception", exit -6) after a finished run.
+    ``together``: every rank got here the same way (the run finished, or a signal was agreed on), so they meet once
+    more first; after an error on one rank, a barrier could wait for a peer that never comes. A group the caller
+    opened before the run is not this package's to close."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if together:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def install() -> None:
