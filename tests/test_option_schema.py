@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_bad_inputs import options_for_test, train_options
 from test_official_options import BENCHMARKS, FINETUNE_SET, METRICS, TEST, TEST_SET, TRAIN, network
+from test_realesrgan import OFFICIAL_REALESRGAN, OFFICIAL_REALESRNET
 
 from dvmsr_mma.cli import main
 from dvmsr_mma.training import option_schema
@@ -125,7 +126,9 @@ def _official_mma():
 
 
 FILES = {**{os.path.basename(p): yaml.safe_load(open(p)) for p in sorted(glob.glob(f'{REPO}/options/*.yml'))},
-         **_official_mma(), 'BasicSR train_MSRResNet_x4': yaml.safe_load(BASICSR_MSRRESNET)}
+         **_official_mma(), 'BasicSR train_MSRResNet_x4': yaml.safe_load(BASICSR_MSRRESNET),
+         'BasicSR train_realesrnet_x4plus': yaml.safe_load(OFFICIAL_REALESRNET),
+         'BasicSR train_realesrgan_x4plus': yaml.safe_load(OFFICIAL_REALESRGAN)}
 
 
 def leaves(value, path=()):
@@ -342,3 +345,135 @@ def test_schema_errors_are_basicsr_documented_exceptions_too(tiny_data):
     opt['network_g']['type'] = 'DVMSRR'
     with pytest.raises(KeyError, match='network_g.type'):
         validate_options(opt)
+
+
+# ---------------------------------------------------------------------------------------------------- a run or a line
+def _wrong_type(value):
+    return 7 if isinstance(value, str) else 'abc'
+
+
+def _real_esrgan_options(root):
+    """BasicSR's train_realesrgan_x4plus.yml, small, on ``root/train/HR`` (no perceptual loss: no VGG weights)."""
+    opt = yaml.safe_load(OFFICIAL_REALESRGAN)
+    meta = root / 'meta_info_real.txt'
+    meta.write_text(''.join(f'{name}\n' for name in sorted(os.listdir(root / 'train' / 'HR'))))
+    opt.update(num_gpu=0, gt_size=32, queue_size=4, network_g={'type': 'DVMSR', 'upscale': 4, 'embed_dim': 8,
+                                                             'depths': [1], 'd_state': 4})
+    opt['network_d']['num_feat'] = 8
+    opt['datasets']['train'].update(dataroot_gt=str(root / 'train' / 'HR'), meta_info=str(meta), gt_size=32,
+                                    batch_size_per_gpu=2, num_worker_per_gpu=0)
+    opt['path']['pretrain_network_g'] = None
+    del opt['train']['perceptual_opt']
+    opt['logger']['wandb'] = None
+    return opt
+
+
+@pytest.mark.parametrize('kind', ['SRModel', 'RealESRGANModel'])
+def test_every_leaf_none_deleted_or_mistyped_runs_or_is_one_line(kind, tiny_data, monkeypatch, capsys):
+    """Issue 30: a valid training file with any one leaf set to ``~``, deleted or of a wrong type either passes the
+    whole pre-flight and then builds its model and trains a step (BasicSR's ``Both pixel and perceptual losses are
+    None`` or ``None * tensor`` would surface there), or is one OptionError line. RealESRGANDataset's own keys are
+    left out: the dataset is not built here."""
+    from basicsr.models import build_model
+
+    base = train_options(tiny_data) if kind == 'SRModel' else _real_esrgan_options(tiny_data)
+    failures = []
+    for path in leaves(base):
+        if kind != 'SRModel' and path[:2] == ('datasets', 'train'):
+            continue
+        for mutation in ('delete', None, _wrong_type(_value(base, path))):
+            opt = mutated(base, path, mutation)
+            with monkeypatch.context() as patch:
+                try:
+                    parsed = _run_parse(opt, tiny_data, True, patch)
+                except (OptionError, FileNotFoundError) as err:
+                    if '\n' in str(err) or ': ' not in str(err):
+                        failures.append(f'{path} -> {mutation!r}: not one line: {err}')
+                    continue
+            try:
+                _train_one_step(build_model, parsed)
+            except Exception as err:  # what the user would have met as a traceback
+                failures.append(f'{path} -> {mutation!r}: validated, then {type(err).__name__}: {err}')
+    capsys.readouterr()
+    assert not failures, '\n'.join(failures)
+
+
+def _value(opt, path):
+    for key in path:
+        opt = opt[key]
+    return opt
+
+
+def _train_one_step(build_model, opt):
+    """What ``train_pipeline`` does with the options before and in its first iteration, without data or folders."""
+    opt = copy.deepcopy(opt)
+    model = build_model(opt)
+    scale, size = opt['scale'], 16
+    kernel = torch.zeros(2, 21, 21)
+    kernel[:, 10, 10] = 1
+    model.feed_data({'lq': torch.rand(2, 3, size, size), 'gt': torch.rand(2, 3, size * scale, size * scale),
+                     'kernel1': kernel, 'kernel2': kernel, 'sinc_kernel': kernel})
+    model.update_learning_rate(1, warmup_iter=opt['train'].get('warmup_iter', -1))
+    model.optimize_parameters(1)
+
+
+# ---------------------------------------------------------------------------------------------------- models' keys
+@pytest.mark.parametrize('model_type', ['RealESRNetModel', 'RealESRGANModel'])
+def test_real_esrgan_keys_come_from_the_models_code_and_are_typed(model_type):
+    model = option_schema.model_class(model_type)
+    reads = option_schema.model_reads(model).top
+    assert {'resize_prob', 'jpeg_range2', 'gt_size', 'queue_size', 'second_blur_prob'} <= set(reads)
+    own = [key for key in reads if not option_schema._patterned(option_schema.Options, key)]  # not a generic key
+    assert own and all(option_schema.degradation_leaf(key) for key in own), [
+        key for key in own if not option_schema.degradation_leaf(key)]
+
+
+def _official_gan():
+    return yaml.safe_load(OFFICIAL_REALESRGAN)
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda o: o.update(resize_prob=[0.2, 0.7]), 'resize_prob: [0.2, 0.7] is not 3 probabilities (up, down, keep) '
+                                                 'summing to 1; write e.g. resize_prob: [0.2, 0.7, 0.1]'),
+    (lambda o: o.update(jpeg_range2=[30, 120]), 'jpeg_range2: [30, 120] is not two JPEG qualities'),
+    (lambda o: o.update(resize_range=[1.2, 1.5]), 'resize_range: [1.2, 1.5] is not two scale factors [down, up]'),
+    (lambda o: o.update(gray_noise_prob='0.4'), "gray_noise_prob: '0.4' is quoted"),
+    (lambda o: o.update(l1_gt_usm=None), 'l1_gt_usm: ~ is not true or false'),
+    (lambda o: o.pop('noise_range2'), 'noise_range2: not set; RealESRGANModel reads it to make the training pairs'),
+    (lambda o: o.update(queue_size=100), 'queue_size: 100 is not a multiple of the batch size 12 (datasets.train.'
+                                         'batch_size_per_gpu); RealESRGANModel\'s training-pair queue holds whole '
+                                         'batches; write queue_size: 96 or 108'),
+    (lambda o: o['datasets']['train'].update(batch_size_per_gpu=7), 'queue_size: 180 is not a multiple of the '
+                                                                     'batch size 7'),
+    (lambda o: o.update(gt_size=16), 'gt_size: 16 does not fit: RealESRGANModel USM-sharpens the GT patch'),
+    (lambda o: o.update(gt_size=258), 'gt_size: 258 does not fit: the LR patch is gt_size / scale pixels; write '
+                                      'gt_size: 260'),
+    (lambda o: o['train'].pop('gan_opt'), 'train.gan_opt: not set; RealESRGANModel trains a discriminator'),
+    (lambda o: o.pop('network_d'), 'network_d: not set; RealESRGANModel trains a discriminator'),
+    (lambda o: o['train']['perceptual_opt'].update(perceptual_weight=None), 'train.perceptual_opt.perceptual_weight: '
+                                                                             '~ is not a value PerceptualLoss takes'),
+])
+def test_real_esrgan_bad_values_are_one_line(change, message):
+    opt = _official_gan()
+    change(opt)
+    with pytest.raises(OptionError) as caught:
+        validate_options(opt)
+    assert_one_line(caught.value)
+    assert str(caught.value).startswith(message)
+
+
+def test_sr_model_without_a_loss_is_one_line():
+    opt = yaml.safe_load(BASICSR_MSRRESNET)
+    del opt['train']['pixel_opt']
+    with pytest.raises(OptionError, match=r'^train\.pixel_opt: not set, nor train\.perceptual_opt; SRModel trains'):
+        validate_options(opt)
+
+
+def test_queue_size_counts_the_dataparallel_batch():
+    opt = _official_gan()
+    opt.update(num_gpu=4, queue_size=36)  # a parsed file: num_gpu resolved, no launcher (DataParallel), 12 x 4 = 48
+    opt['dist'] = False
+    with pytest.raises(OptionError, match=r'batch size 48 \(datasets.train.batch_size_per_gpu x num_gpu 4\)'):
+        validate_options(opt)
+    opt['dist'] = True  # each process its own batch of 12
+    validate_options(opt)

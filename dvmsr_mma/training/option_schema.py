@@ -193,7 +193,7 @@ def num_gpu() -> Any:
     def check(value: Any) -> Any:
         if value == 'auto':
             return value
-        return _whole_check(0, 'num_gpu: auto')(value)
+        return _whole_check(0, 'num_gpu: auto', none_ok=False)(value)  # BasicSR: ~ is not 0, so CUDA
     return Annotated[Any, PlainValidator(check)]
 
 
@@ -307,12 +307,12 @@ class Train(Section):
 
     PATTERNS = ((r'optim_\w+', mapping('optim_g: {type: Adam, lr: 2.0e-4}')),
                 (r'\w+_opt', mapping('pixel_opt: {type: L1Loss, loss_weight: 1.0}')))
-    ema_decay: number(0, 1, 'ema_decay: 0.999') = None
+    ema_decay: number(0, 1, 'ema_decay: 0.999 (0 for none)', none_ok=False) = None  # BasicSR compares it with 0
     scheduler: mapping('scheduler: {type: MultiStepLR, milestones: [250000], gamma: 0.5}') = None
     total_iter: whole(1, 'total_iter: 500000', float_ok=True) = None
-    warmup_iter: whole(-1, 'warmup_iter: -1', float_ok=True) = None
-    net_d_iters: whole(1, 'net_d_iters: 1', float_ok=True) = None
-    net_d_init_iters: whole(0, 'net_d_init_iters: 0', float_ok=True) = None
+    warmup_iter: whole(-1, 'warmup_iter: -1', float_ok=True, none_ok=False) = None
+    net_d_iters: whole(1, 'net_d_iters: 1', float_ok=True, none_ok=False) = None
+    net_d_init_iters: whole(0, 'net_d_init_iters: 0', float_ok=True, none_ok=False) = None
     amp: choice(AMP_CHOICES) = None
     nan_policy: choice((*NAN_POLICIES, None)) = None
     nan_skip_limit: whole(1, 'nan_skip_limit: 10') = None
@@ -421,6 +421,7 @@ def _leaf_for_default(name: str, default: Any) -> Any:
 
 OVERRIDES = {  # argument -> leaf, where the default says too little
     'reduction': choice(('none', 'mean', 'sum'), 'ValueError'),
+    'gan_type': choice(('vanilla', 'lsgan', 'wgan', 'wgan_softplus', 'hinge'), 'NotImplementedError'),  # GANLoss
     'loss_weight': number(0, None, 'loss_weight: 1.0'),
     'crop_border': whole(0, 'crop_border: 4'),
     'input_order': choice(('HWC', 'CHW')),
@@ -876,6 +877,9 @@ def validate_options(opt: Mapping[str, Any], context: Optional[Dict[str, Any]] =
             _scheduler(where, value)
         elif re.fullmatch(r'\w+_opt', str(key)) and 'type' in value:
             _arguments(where, value, 'loss', extra=DISTILL_KEYS if key == 'distill_opt' else ())
+        elif re.fullmatch(r'\w+_opt', str(key)) and value and key != 'distill_opt':  # distill_opt: L1Loss by default
+            raise OptionError(f'{where}.type: not set; BasicSR builds the loss by its type: add it, e.g. type: L1Loss '
+                              '(or set the whole entry to ~ for no such loss)')
     for name, metric in ((opt.get('val') or {}).get('metrics') or {}).items():
         if metric is not None:
             _arguments(f'val.metrics.{name}', metric, 'metric', skip=('img', 'img2'))
@@ -907,7 +911,11 @@ def _network(key: str, network: Any) -> None:
     _validate(create_model('Network', __base__=Section, type=(registered('arch', 'type: DVMSR'), None)),
               network, key, {})
     if 'type' not in network:
-        return  # "network_g.type: not set" is the pre-flight's (it says what to write)
+        if key != 'network_g':  # "network_g.type: not set" is the pre-flight's (it says what to write)
+            example = 'UNetDiscriminatorSN' if key == 'network_d' else 'DVMSR'
+            raise OptionError(f'{key}.type: not set; BasicSR builds the network by its type: add it, e.g. '
+                              f'type: {example}')
+        return
     cls = ARCH_REGISTRY.get(network['type'])
     kwargs = {k: v for k, v in network.items() if k != 'type'}
     problem = network_arguments_problem(network['type'], cls, kwargs)
