@@ -405,10 +405,13 @@ def check_dataset(where: str, dataset_opt: Mapping[str, Any], scale: int) -> Non
         if isinstance(root, str) and not osp.isdir(root):
             problem = 'no such folder' if not osp.exists(root) else 'not a folder'
             raise OptionError(f'{where}.{key}: {problem}: {root}{_from_cwd(root)}; fix the path')
-    meta_file = dataset_opt.get('meta_info_file')
-    if meta_file and not lmdb and not osp.isfile(meta_file):
-        raise OptionError(f'{where}.meta_info_file: no such file: {meta_file}{_from_cwd(meta_file)}; fix the path')
+    for key in ('meta_info_file', 'meta_info'):  # meta_info: RealESRGANDataset's list of images (disk backend)
+        meta_file = dataset_opt.get(key)
+        if isinstance(meta_file, str) and not lmdb and not osp.isfile(meta_file):
+            raise OptionError(f'{where}.{key}: no such file: {meta_file}{_from_cwd(meta_file)}; fix the path')
     kind = dataset_opt.get('type')
+    if kind == 'RealESRGANDataset' and not lmdb and isinstance(dataset_opt.get('meta_info'), str):
+        _check_listed_images(where, dataset_opt)
     if kind not in ROOTS:
         return
     recursive = kind in IMAGENET_TYPES
@@ -418,6 +421,23 @@ def check_dataset(where: str, dataset_opt: Mapping[str, Any], scale: int) -> Non
         _check_pairs(where, dataset_opt, scale, listed['dataroot_gt'], listed['dataroot_lq'], lmdb)
     if dataset_opt.get('phase') == 'train' and listed['dataroot_gt']:
         _check_batch(where, dataset_opt, len(listed['dataroot_gt']))
+
+
+def _check_listed_images(where: str, dataset_opt: Mapping[str, Any]) -> None:
+    """RealESRGANDataset (disk): the images ``meta_info`` lists (paths relative to ``dataroot_gt``) exist, and a batch
+    fits their number."""
+    with open(dataset_opt['meta_info'], encoding='utf-8') as f:
+        names = [line.strip().split(' ')[0] for line in f if line.strip()]
+    if not names:
+        raise OptionError(f'{where}.meta_info: {dataset_opt["meta_info"]} lists no images; list one image path '
+                          '(relative to dataroot_gt) per line')
+    root = dataset_opt.get('dataroot_gt') or ''
+    missing = [name for name in names if not osp.isfile(osp.join(root, name))]
+    if missing:
+        raise OptionError(f'{where}.meta_info: {len(missing)} of its {len(names)} images are not in dataroot_gt '
+                          f'{root}: {few_names(missing)}; the paths are relative to dataroot_gt')
+    if dataset_opt.get('phase') == 'train':
+        _check_batch(where, dataset_opt, len(names))
 
 
 MAX_EPOCH_SAMPLES = 10 ** 7  # BasicSR's EnlargedSampler lists a permutation of all of them every epoch
