@@ -401,3 +401,24 @@ def test_trained_generator_loads_downstream(recipe_runs, tmp_path, capsys):
             expected = model(x).numpy()  # spandrel clamps to [0, 1]; the ONNX graph is the bare network
         assert out.shape == (1, 3, 4 * h, 4 * w)
         assert np.abs(np.clip(out, 0, 1) - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize('damage, message', [
+    (lambda folder: os.remove(folder / 'hr' / '0002.png'), r"meta_info: 1 of its 4 images are not in dataroot_gt"),
+    (lambda folder: (folder / 'meta_info.txt').write_text(''), r'meta_info: .* lists no images'),
+    (lambda folder: (folder / 'meta_info.txt').unlink(), r'meta_info: no such file'),
+])
+def test_real_esrgan_dataset_listing_is_checked(damage, message, tmp_path):
+    from dvmsr_mma.training.checks import check_dataset
+    from dvmsr_mma.utils.errors import OptionError
+
+    opt = shrunk(_load(OFFICIAL_REALESRNET), tmp_path, 'dvmsr')['datasets']['train']
+    opt['phase'] = 'train'
+    check_dataset('datasets.train', opt, 4)
+    opt['batch_size_per_gpu'] = 5
+    with pytest.raises(OptionError, match=r'batch_size_per_gpu: 5 is more than the dataset\'s 4 images'):
+        check_dataset('datasets.train', opt, 4)
+    opt['batch_size_per_gpu'] = 2
+    damage(tmp_path / 'data')
+    with pytest.raises(OptionError, match=r'^datasets\.train\.' + message):
+        check_dataset('datasets.train', opt, 4)
