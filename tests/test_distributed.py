@@ -45,7 +45,7 @@ def weights(model):
 
 def build_and_record(opt):
     model = build_model(opt)
-    built.append((model, weights(model)))
+    built.append((model, weights(model), torch.distributed.get_rank()))  # the run closes its group at the end
     return model
 
 
@@ -56,10 +56,11 @@ try:
 except SystemExit as exit_:
     if exit_.code:
         raise
-model, initial = built[0]
+model, initial, rank = built[0]
+assert not torch.distributed.is_initialized()
 ddp = sorted(name for name in ('net_g', 'adapters', 'net_t')
              if isinstance(getattr(model, name, None), DistributedDataParallel))
-torch.save({'initial': initial, 'final': weights(model), 'ddp': ddp}, f'rank{torch.distributed.get_rank()}.pth')
+torch.save({'initial': initial, 'final': weights(model), 'ddp': ddp}, f'rank{rank}.pth')
 '''
 
 
