@@ -371,16 +371,14 @@ def _real_esrgan_options(root):
 @pytest.mark.parametrize('kind', ['SRModel', 'RealESRGANModel'])
 def test_every_leaf_none_deleted_or_mistyped_runs_or_is_one_line(kind, tiny_data, monkeypatch, capsys):
     """Issue 30: a valid training file with any one leaf set to ``~``, deleted or of a wrong type either passes the
-    whole pre-flight and then builds its model and trains a step (BasicSR's ``Both pixel and perceptual losses are
-    None`` or ``None * tensor`` would surface there), or is one OptionError line. RealESRGANDataset's own keys are
-    left out: the dataset is not built here."""
+    whole pre-flight and then builds its training set, draws a sample, builds its model and trains a step (BasicSR's
+    ``Both pixel and perceptual losses are None`` or ``None * tensor`` would surface there), or is one OptionError
+    line."""
     from basicsr.models import build_model
 
     base = train_options(tiny_data) if kind == 'SRModel' else _real_esrgan_options(tiny_data)
     failures = []
     for path in leaves(base):
-        if kind != 'SRModel' and path[:2] == ('datasets', 'train'):
-            continue
         for mutation in ('delete', None, _wrong_type(_value(base, path))):
             opt = mutated(base, path, mutation)
             with monkeypatch.context() as patch:
@@ -405,8 +403,12 @@ def _value(opt, path):
 
 
 def _train_one_step(build_model, opt):
-    """What ``train_pipeline`` does with the options before and in its first iteration, without data or folders."""
+    """What ``train_pipeline`` does with the options before and in its first iteration, without folders: a sample of
+    the training set, then a step of the model on a batch of random images."""
+    from basicsr.data import build_dataset
+
     opt = copy.deepcopy(opt)
+    build_dataset(opt['datasets']['train'])[0]
     model = build_model(opt)
     scale, size = opt['scale'], 16
     kernel = torch.zeros(2, 21, 21)
@@ -426,6 +428,15 @@ def test_real_esrgan_keys_come_from_the_models_code_and_are_typed(model_type):
     own = [key for key in reads if not option_schema._patterned(option_schema.Options, key)]  # not a generic key
     assert own and all(option_schema.degradation_leaf(key) for key in own), [
         key for key in own if not option_schema.degradation_leaf(key)]
+
+
+def test_real_esrgan_dataset_schema_has_every_key_its_code_reads():
+    from basicsr.data.realesrgan_dataset import RealESRGANDataset
+    reads = option_schema.model_reads(RealESRGANDataset).top
+    fields = option_schema.RealESRGANDataset.model_fields
+    assert len(reads) > 15 and set(reads) <= set(fields), set(reads) - set(fields)
+    required = {key for key, info in fields.items() if info.is_required()}
+    assert required == {key for key, always in reads.items() if always} - {'io_backend', 'dataroot_gt', 'meta_info'}
 
 
 def _official_gan():

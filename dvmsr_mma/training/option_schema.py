@@ -28,7 +28,16 @@ import sys
 import textwrap
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Tuple, Type
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from typing_extensions import Annotated
 
@@ -212,6 +221,29 @@ def mapping(example: str) -> Any:
     return Annotated[Optional[Dict[Any, Any]], Field(json_schema_extra={'example': example})]
 
 
+def probabilities(count: int, names: str, example: str) -> Any:
+    """``count`` probabilities that sum to 1 (``random.choices`` weights for ``names``)."""
+    def check(value: Any) -> Any:
+        if not (isinstance(value, list) and len(value) == count and all(_real(v) and 0 <= v <= 1 for v in value)
+                and abs(sum(value) - 1) < 1e-6):
+            raise _fail(f'{show(value)} is not {count} probabilities ({names}) summing to 1; write e.g. {example}')
+        return value
+    return Annotated[Any, PlainValidator(check)]
+
+
+def pair(fits: Callable[[float, float], bool], what: str, example: str) -> Any:
+    """A ``[low, high]`` range of two numbers that ``fits``."""
+    def check(value: Any) -> Any:
+        if not (isinstance(value, list) and len(value) == 2 and all(_real(v) for v in value) and fits(*value)):
+            raise _fail(f'{show(value)} is not {what}; write e.g. {example}')
+        return value
+    return Annotated[Any, PlainValidator(check)]
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 ANY = Annotated[Any, Field(default=None)]
 
 
@@ -282,8 +314,91 @@ class ImageNetPairedDataset(Dataset):
     OPEN = False
 
 
+KERNELS = ('iso', 'aniso', 'generalized_iso', 'generalized_aniso', 'plateau_iso', 'plateau_aniso')
+
+
+def kernels(example: str) -> Any:
+    """Blur kernel types ``random_mixed_kernels`` draws from."""
+    def check(value: Any) -> Any:
+        if not (isinstance(value, list) and value and all(isinstance(v, str) and v in KERNELS for v in value)):
+            raise _fail(f'{show(value)} is not a list of kernel types from {", ".join(KERNELS)}; write e.g. {example}')
+        return value
+    return Annotated[Any, PlainValidator(check)]
+
+
+def _kernel_probs(example: str) -> Any:
+    def check(value: Any) -> Any:
+        if not (isinstance(value, list) and value and all(_real(v) and v >= 0 for v in value)
+                and abs(sum(value) - 1) < 1e-6):
+            raise _fail(f'{show(value)} is not probabilities summing to 1, one per kernel type; write e.g. {example}')
+        return value
+    return Annotated[Any, PlainValidator(check)]
+
+
+def _sigmas(key: str, example: str) -> Any:
+    return pair(lambda low, high: 0 < low < high, f'a range [low, high] with 0 < low < high ({key})', example)
+
+
+_KERNEL_LIST = "['iso', 'aniso', 'generalized_iso', 'generalized_aniso', 'plateau_iso', 'plateau_aniso']"
+_KERNEL_PROB = '[0.45, 0.25, 0.12, 0.03, 0.12, 0.03]'
+REAL_ESRGAN_EXAMPLES = {  # key -> how to write it (Real-ESRGAN's x4plus values); "not set" lines show them
+    'meta_info': 'meta_info: datasets/DF2K/meta_info/meta_info_DF2Kmultiscale+OST_sub.txt',
+    'use_hflip': 'use_hflip: true', 'use_rot': 'use_rot: false', 'final_sinc_prob': 'final_sinc_prob: 0.8',
+    **{key: value for n, sigma in (('', '[0.2, 3]'), ('2', '[0.2, 1.5]')) for key, value in (
+        (f'blur_kernel_size{n}', f'blur_kernel_size{n}: 21'), (f'kernel_list{n}', f'kernel_list{n}: {_KERNEL_LIST}'),
+        (f'kernel_prob{n}', f'kernel_prob{n}: {_KERNEL_PROB}'), (f'blur_sigma{n}', f'blur_sigma{n}: {sigma}'),
+        (f'betag_range{n}', f'betag_range{n}: [0.5, 4]'), (f'betap_range{n}', f'betap_range{n}: [1, 2]'),
+        (f'sinc_prob{n}', f'sinc_prob{n}: 0.1'))}}
+
+
+class RealESRGANDataset(Dataset):
+    """BasicSR's Real-ESRGAN dataset: HR images, with the blur and sinc kernels the Real-ESRGAN models degrade them
+    with (keys ending in 2: the second degradation). Every key it reads is required, as it reads them with ``[]``
+    (``tests/test_option_schema.py`` checks this class against the keys its code reads)."""
+
+    OPEN = False
+    meta_info: path_text(REAL_ESRGAN_EXAMPLES['meta_info']) = None  # disk backend (the checks: it exists)
+    use_hflip: flag(REAL_ESRGAN_EXAMPLES['use_hflip'], none_ok=False)
+    use_rot: flag(REAL_ESRGAN_EXAMPLES['use_rot'], none_ok=False)
+    blur_kernel_size: whole(1, REAL_ESRGAN_EXAMPLES['blur_kernel_size'], none_ok=False)  # read, unused (7 to 21)
+    kernel_list: kernels(REAL_ESRGAN_EXAMPLES['kernel_list'])
+    kernel_prob: _kernel_probs(REAL_ESRGAN_EXAMPLES['kernel_prob'])
+    blur_sigma: _sigmas('blur_sigma', REAL_ESRGAN_EXAMPLES['blur_sigma'])
+    betag_range: _sigmas('betag_range', REAL_ESRGAN_EXAMPLES['betag_range'])
+    betap_range: _sigmas('betap_range', REAL_ESRGAN_EXAMPLES['betap_range'])
+    sinc_prob: number(0, 1, REAL_ESRGAN_EXAMPLES['sinc_prob'], none_ok=False)
+    blur_kernel_size2: whole(1, REAL_ESRGAN_EXAMPLES['blur_kernel_size2'], none_ok=False)
+    kernel_list2: kernels(REAL_ESRGAN_EXAMPLES['kernel_list2'])
+    kernel_prob2: _kernel_probs(REAL_ESRGAN_EXAMPLES['kernel_prob2'])
+    blur_sigma2: _sigmas('blur_sigma2', REAL_ESRGAN_EXAMPLES['blur_sigma2'])
+    betag_range2: _sigmas('betag_range2', REAL_ESRGAN_EXAMPLES['betag_range2'])
+    betap_range2: _sigmas('betap_range2', REAL_ESRGAN_EXAMPLES['betap_range2'])
+    sinc_prob2: number(0, 1, REAL_ESRGAN_EXAMPLES['sinc_prob2'], none_ok=False)
+    final_sinc_prob: number(0, 1, REAL_ESRGAN_EXAMPLES['final_sinc_prob'], none_ok=False)
+
+    @model_validator(mode='after')
+    def _listed_images(self) -> 'RealESRGANDataset':
+        """It reads ``io_backend.type``, and on disk the image list ``meta_info``, with ``[]``."""
+        backend = self.io_backend.type if self.io_backend is not None else None
+        if backend is None:
+            raise _fail('io_backend.type: not set; add it, e.g. io_backend: {type: disk} (or lmdb)')
+        if backend != 'lmdb' and self.meta_info is None:
+            raise _fail(f'meta_info: not set; on disk RealESRGANDataset reads its images from that list (one path per '
+                        f'line, relative to dataroot_gt); add it, e.g. {REAL_ESRGAN_EXAMPLES["meta_info"]}')
+        return self
+
+    @model_validator(mode='after')
+    def _one_probability_per_kernel(self) -> 'RealESRGANDataset':
+        for n in ('', '2'):
+            names, probs = getattr(self, f'kernel_list{n}'), getattr(self, f'kernel_prob{n}')
+            if len(names) != len(probs):
+                raise _fail(f'kernel_prob{n} has {len(probs)} probabilities but kernel_list{n} {len(names)} kernel '
+                            f'types; give one probability per kernel type')
+        return self
+
+
 DATASETS: Dict[str, Type[Dataset]] = {cls.__name__: cls for cls in (
-    PairedImageDataset, SingleImageDataset, ImageNetPretrainDataset, ImageNetPairedDataset)}
+    PairedImageDataset, SingleImageDataset, ImageNetPretrainDataset, ImageNetPairedDataset, RealESRGANDataset)}
 
 
 class Paths(Section):
@@ -395,6 +510,7 @@ EXAMPLES = {  # option path (phase, metric -> *) -> how to write it, for "not se
     'train.pixel_opt': 'pixel_opt: {type: L1Loss, loss_weight: 1.0} (or ~ for none)',
     'network_g': 'network_g: {type: DVMSR, upscale: 4}', 'network_t': 'network_t: {type: DVMSR, embed_dim: 192}',
 }
+EXAMPLES.update({f'datasets.*.{key}': example for key, example in REAL_ESRGAN_EXAMPLES.items()})
 
 
 # ---------------------------------------------------------------------------------------------------- per type
@@ -515,29 +631,6 @@ def model_reads(model: type) -> Reads:
             if where == 'top' and default is not None:
                 reads.defaults[key] = default
     return reads
-
-
-def probabilities(count: int, names: str, example: str) -> Any:
-    """``count`` probabilities that sum to 1 (``random.choices`` weights for ``names``)."""
-    def check(value: Any) -> Any:
-        if not (isinstance(value, list) and len(value) == count and all(_real(v) and 0 <= v <= 1 for v in value)
-                and abs(sum(value) - 1) < 1e-6):
-            raise _fail(f'{show(value)} is not {count} probabilities ({names}) summing to 1; write e.g. {example}')
-        return value
-    return Annotated[Any, PlainValidator(check)]
-
-
-def pair(fits: Callable[[float, float], bool], what: str, example: str) -> Any:
-    """A ``[low, high]`` range of two numbers that ``fits``."""
-    def check(value: Any) -> Any:
-        if not (isinstance(value, list) and len(value) == 2 and all(_real(v) for v in value) and fits(*value)):
-            raise _fail(f'{show(value)} is not {what}; write e.g. {example}')
-        return value
-    return Annotated[Any, PlainValidator(check)]
-
-
-def _real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 DEGRADATIONS: Tuple[Tuple[str, str, Callable[[str], Any]], ...] = (
