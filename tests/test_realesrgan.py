@@ -315,10 +315,14 @@ def recipe_runs(tmp_path_factory, torch_home):
 
 
 @pytest.mark.parametrize('generator', list(GENERATORS))
-def test_recipes_train_both_stages_on_cpu(generator, recipe_runs, capsys):
+def test_recipes_train_both_stages_on_cpu(generator, recipe_runs, torch_home, monkeypatch, capsys):
     folder, (net, (code1, err1)), (gan, (code2, err2)) = recipe_runs(generator, capsys)
     assert code1 == 0, err1
     assert code2 == 0, err2
+    monkeypatch.setenv('TORCH_HOME', str(torch_home))
+    monkeypatch.chdir(folder)
+    for opt in (net, gan):  # unknown keys are errors with --strict
+        assert main(['check', '--strict', '-opt', str(folder / f'{opt["name"]}.yml')]) == 0, capsys.readouterr().err
     models = folder / 'experiments' / gan['name'] / 'models'
     assert (models / 'net_d_latest.pth').is_file()
     stage1 = torch.load(folder / 'experiments' / net['name'] / 'models' / 'net_g_latest.pth', weights_only=True)
