@@ -604,11 +604,12 @@ def _constant(node: ast.AST) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def model_reads(model: type) -> Reads:
-    """The top-level and ``train`` keys that ``model``'s code and its bases' (BasicSR's and this package's) read,
-    from their source with ``ast``: the schema knows each key a model reads without a list to keep up to date."""
+def model_reads(owner: type) -> Reads:
+    """The top-level and ``train`` keys that the code of ``owner`` (a model, or a dataset: its ``opt``) and of its
+    bases (BasicSR's and this package's) reads, from their source with ``ast``: the schema knows each key a model
+    reads without a list to keep up to date."""
     reads = Reads({}, {}, {})
-    for klass in model.__mro__:
+    for klass in owner.__mro__:
         if not klass.__module__.startswith(('basicsr.', 'dvmsr_mma.')):
             continue
         try:
@@ -634,8 +635,8 @@ def model_reads(model: type) -> Reads:
 
 
 DEGRADATIONS: Tuple[Tuple[str, str, Callable[[str], Any]], ...] = (
-    # (key pattern, example value, key -> leaf): the top-level keys BasicSR's Real-ESRGAN models read to degrade
-    # the training images (which keys a model reads comes from its code: model_reads); two-stage keys end in 2
+    # (key pattern, example value, example line -> leaf): the top-level keys BasicSR's Real-ESRGAN models read to
+    # degrade the training images (which keys a model reads comes from its code: model_reads); stage-2 keys end in 2
     (r'resize_prob2?', '[0.2, 0.7, 0.1]', lambda ex: probabilities(3, 'up, down, keep', ex)),
     (r'resize_range2?', '[0.15, 1.5]', lambda ex: pair(
         lambda down, up: 0 < down <= 1 <= up, 'two scale factors [down, up] with 0 < down <= 1 <= up', ex)),
