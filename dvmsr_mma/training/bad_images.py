@@ -13,7 +13,8 @@ on DF2K's ~100k sub-images one damaged file ends a multi-day run at a random ite
   resume holds. In validation and testing the image is left out (:class:`SkippingLoader`): another sample would
   count one image twice in the metrics; the log says over how many images they are averaged;
 - when more than ``datasets.<phase>.max_bad_share`` (default 1%) of a training set's files proved bad, or none of a
-  validation set's, the run stops with one line: training saves its state as on SIGTERM (the last finished iteration) and exits 1.
+  validation set's, the run stops with one line: training saves its state as on SIGTERM (the last finished
+  iteration) and exits 1.
 
 Images that decode are converted as ``imfrombytes`` converts them (``IMREAD_COLOR``: grayscale to 3 channels,
 RGBA without alpha, 16-bit to 8-bit, CMYK JPEG to BGR), so mixed folders train as they do in BasicSR.
