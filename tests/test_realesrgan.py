@@ -426,3 +426,17 @@ def test_real_esrgan_dataset_listing_is_checked(damage, message, tmp_path):
     damage(tmp_path / 'data')
     with pytest.raises(OptionError, match=r'^datasets\.train\.' + message):
         check_dataset('datasets.train', opt, 4)
+
+
+def test_download_probe_is_bounded_even_when_the_lookup_hangs(monkeypatch):
+    """A name lookup the socket timeout does not bound (no reachable DNS server) still ends the probe in time."""
+    import time
+    import urllib.request
+
+    from dvmsr_mma.training import checks
+
+    monkeypatch.setattr(checks, 'DOWNLOAD_TIMEOUT', 0.2)
+    monkeypatch.setattr(urllib.request, 'urlopen', lambda *args, **kwargs: time.sleep(5))
+    start = time.monotonic()
+    assert checks._can_download('https://download.pytorch.org/models/vgg19-dcbb9e9d.pth') is False
+    assert time.monotonic() - start < 2

@@ -385,14 +385,24 @@ def _check_vgg_file(where: str, loss: str, vgg_type: str) -> None:
 
 def _can_download(url: str) -> bool:
     """Whether ``url`` answers within :data:`DOWNLOAD_TIMEOUT`, through the proxies torch.hub's download uses
-    (urllib's, from the environment)."""
+    (urllib's, from the environment). In a thread: the socket timeout does not bound the name lookup, which on a
+    node without a reachable DNS server can take much longer."""
+    import threading
     import urllib.request
 
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method='HEAD'), timeout=DOWNLOAD_TIMEOUT):
-            return True
-    except (OSError, ValueError):  # URLError and HTTPError are OSErrors, a timeout too
-        return False
+    answered = []
+
+    def probe() -> None:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method='HEAD'), timeout=DOWNLOAD_TIMEOUT):
+                answered.append(True)
+        except (OSError, ValueError):  # URLError and HTTPError are OSErrors, a timeout too
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(DOWNLOAD_TIMEOUT)
+    return bool(answered)
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
