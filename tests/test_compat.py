@@ -1,11 +1,13 @@
 """Each basicsr-1.4.2 patch of ``dvmsr_mma.training.compat``, tested where it would fail without the patch."""
 import os
+import random
 import socket
 import subprocess
 import sys
 import textwrap
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -213,6 +215,8 @@ def test_real_esrgan_models_degrade_and_queue_on_the_model_device(kind):
     model = _real_esrgan_model(kind)
     assert {p.device.type for p in model.jpeger.parameters()} == {'cpu'}
     assert {b.device.type for b in model.usm_sharpener.buffers()} == {'cpu'}
+    random.seed(0)  # the degradations draw from Python's, numpy's and torch's generators
+    np.random.seed(0)
     torch.manual_seed(0)
     kernel = torch.zeros(2, 21, 21)
     kernel[:, 10, 10] = 1
