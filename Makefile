@@ -40,8 +40,11 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 
+# Two workers, a test file each at a time (module fixtures stay in one process): most of the suite's time is
+# subprocesses importing torch and basicsr, which two cores run side by side.
+TEST_WORKERS ?= 2
 test: lint $(UPSTREAM)
-	DVMSR_MMA_REQUIRE_UPSTREAM=1 $(BIN)/python -m pytest -q
+	DVMSR_MMA_REQUIRE_UPSTREAM=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	$(BIN)/python benchmarks/bench_scan.py

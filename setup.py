@@ -48,7 +48,8 @@ setup(
         # ArchSupport entries for chaiNNer / ComfyUI's model loader (dvmsr_mma.tools.spandrel).
         'spandrel': ['spandrel'],
         # triton runs the Triton scan's tests in its interpreter; it comes with PyTorch's Linux x86-64 CUDA wheels.
-        'test': ['pytest', 'pytest-timeout', 'ruff', 'hypothesis',  # hypothesis: the option files' property tests
+        # hypothesis: the option files' property tests; pytest-xdist: make test runs two workers
+        'test': ['pytest', 'pytest-timeout', 'pytest-xdist', 'ruff', 'hypothesis',
                  'triton; platform_system == "Linux" and platform_machine == "x86_64"'],
     },
     entry_points={'console_scripts': ['basicsr = dvmsr_mma_cli:main']},
