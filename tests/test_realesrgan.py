@@ -375,8 +375,8 @@ def test_vgg19_at_basicsr_path_needs_no_download(tmp_path, monkeypatch):
 
 
 def test_trained_generator_loads_downstream(recipe_runs, tmp_path, capsys):
-    """The stage-2 ``net_g_latest.pth`` (params and params_ema) with ``basicsr infer --weights`` alone, in
-    spandrel, and exported to ONNX with dynamic sizes."""
+    """The stage-2 ``net_g_latest.pth`` (params and params_ema) with ``basicsr infer --weights`` alone, in spandrel as
+    ComfyUI's upscale-model loader calls it, and exported to ONNX with dynamic sizes."""
     folder, _, (gan, (code, err)) = recipe_runs('dvmsr', capsys)
     assert code == 0, err
     weights = folder / 'experiments' / gan['name'] / 'models' / 'net_g_latest.pth'
@@ -387,8 +387,9 @@ def test_trained_generator_loads_downstream(recipe_runs, tmp_path, capsys):
 
     spandrel = pytest.importorskip('spandrel')
     import dvmsr_mma.spandrel
-    dvmsr_mma.spandrel.install()
-    model = spandrel.ModelLoader().load_from_file(str(weights))
+    dvmsr_mma.spandrel.install()  # what the ComfyUI node does on load
+    state = torch.load(weights, map_location='cpu', weights_only=True)  # ComfyUI's UpscaleModelLoader
+    model = spandrel.ModelLoader().load_from_state_dict(state).eval()
     assert model.scale == 4
     lr = torch.rand(1, 3, 12, 10)
     with torch.no_grad():
