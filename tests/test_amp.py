@@ -168,6 +168,9 @@ def test_bad_amp_options_are_one_line(tmp_path, write_pairs, monkeypatch, capsys
     yml = write_options(tmp_path, write_pairs, **train)
     opt = yaml.safe_load(yml.read_text())
     opt['model_type'] = model_type
+    if model_type == 'SRGANModel':  # what a GAN model needs besides (the schema's own rules)
+        opt['network_d'] = {'type': 'UNetDiscriminatorSN', 'num_in_ch': 3, 'num_feat': 8}
+        opt['train'].update(optim_d={'type': 'Adam', 'lr': 1e-4}, gan_opt={'type': 'GANLoss', 'gan_type': 'vanilla'})
     if val:
         opt['val'] = {'val_freq': 4, 'save_img': False, **val}
     yml.write_text(yaml.safe_dump(opt))
