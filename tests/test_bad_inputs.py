@@ -241,6 +241,8 @@ CASES = [
     case('rrdbnet_scale_not_scale', TRAIN, put('network_g', {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3,
                                                              'scale': 4, 'num_feat': 8, 'num_block': 1}),
          ['network_g.scale: 4 but scale: 2']),
+    case('network_far_too_deep', TRAIN, put('network_g.depths', [10_000_000]),
+         ['network_g: DVMSR with these arguments has more than 20,000 layers (modules); use smaller depths']),
     # 2. missing options
     case('no_scale', TRAIN, drop('scale'), ['scale: not set; add it, e.g. scale: 4']),
     case('no_network_g', TRAIN, drop('network_g'), ['network_g.type: not set', 'network_g: {type: DVMSR']),

@@ -196,7 +196,7 @@ class DVMSR(nn.Module):
 
         # 2. deep features: (b, c, h, w) -> tokens -> RSSBs -> norm_f -> map -> conv_after_body
         self.patch_embed = PatchEmbed(embed_dim, norm_layer if patch_norm else None)
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))]
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # the official [x.item() for x in ...]
         self.layers = nn.ModuleList()
         for i_layer, depth in enumerate(depths):
             start = sum(depths[:i_layer])
