@@ -387,7 +387,7 @@ def test_trained_generator_loads_downstream(recipe_runs, tmp_path, capsys):
 
     spandrel = pytest.importorskip('spandrel')
     import dvmsr_mma.spandrel
-    dvmsr_mma.spandrel.install()  # what the ComfyUI node does on load
+    dvmsr_mma.spandrel.install(ignore_duplicates=True)  # what the ComfyUI node does on load (another test may have)
     state = torch.load(weights, map_location='cpu', weights_only=True)  # ComfyUI's UpscaleModelLoader
     model = spandrel.ModelLoader().load_from_state_dict(state).eval()
     assert model.scale == 4
@@ -431,13 +431,24 @@ def test_real_esrgan_dataset_listing_is_checked(damage, message, tmp_path):
 
 def test_download_probe_is_bounded_even_when_the_lookup_hangs(monkeypatch):
     """A name lookup the socket timeout does not bound (no reachable DNS server) still ends the probe in time."""
+    import threading
     import time
+    import urllib.error
     import urllib.request
 
     from dvmsr_mma.training import checks
 
+    released = threading.Event()
+
+    def hanging_lookup(*args, **kwargs):
+        released.wait(10)
+        raise urllib.error.URLError('no name server answered')
+
     monkeypatch.setattr(checks, 'DOWNLOAD_TIMEOUT', 0.2)
-    monkeypatch.setattr(urllib.request, 'urlopen', lambda *args, **kwargs: time.sleep(5))
+    monkeypatch.setattr(urllib.request, 'urlopen', hanging_lookup)
     start = time.monotonic()
-    assert checks._can_download('https://download.pytorch.org/models/vgg19-dcbb9e9d.pth') is False
-    assert time.monotonic() - start < 2
+    try:
+        assert checks._can_download('https://download.pytorch.org/models/vgg19-dcbb9e9d.pth') is False
+        assert time.monotonic() - start < 2
+    finally:
+        released.set()  # the probe's thread ends here, not in a later test
