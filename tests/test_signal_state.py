@@ -135,3 +135,27 @@ def test_the_process_group_a_run_opened_is_closed_and_one_the_caller_opened_is_k
         assert dist.is_initialized()
     finally:
         dist.destroy_process_group()
+
+
+def test_a_finished_run_leaves_no_model_alive(tmp_path, write_pairs, monkeypatch, fresh_logger):
+    """Nothing of the package keeps the run's model (and so its DDP wrappers and their gloo work) once the run is
+    over: destroyed at interpreter exit instead, such objects could abort a rank (exit -6)."""
+    import gc
+    import weakref
+
+    from basicsr.models.sr_model import SRModel
+
+    from dvmsr_mma.cli import main
+
+    built = []
+    init = SRModel.__init__
+
+    def recording_init(self, opt):
+        init(self, opt)
+        built.append(weakref.ref(self))
+
+    monkeypatch.setattr(SRModel, '__init__', recording_init)
+    monkeypatch.chdir(tmp_path)
+    assert main(['train', '-opt', str(write_options(tmp_path, write_pairs, total_iter=2, save_freq=100))]) == 0
+    gc.collect()
+    assert len(built) == 1 and built[0]() is None

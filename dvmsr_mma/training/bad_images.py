@@ -21,6 +21,7 @@ RGBA without alpha, 16-bit to 8-bit, CMYK JPEG to BGR), so mixed folders train a
 With DataLoader workers, each worker process logs and counts the files it read.
 """
 import functools
+import weakref
 from typing import Any, Callable, Dict, Optional
 
 import cv2
@@ -32,7 +33,7 @@ from dvmsr_mma.utils.errors import OptionError, TrainingStopped
 DEFAULT_MAX_BAD_SHARE = 0.01
 STRIDE = 7919  # a prime: the replacements of one index walk the whole dataset before repeating
 _last_read: Dict[str, Optional[str]] = {'path': None}
-_run: Dict[str, Any] = {'model': None, 'iter': None}
+_run: Dict[str, Any] = {'model': None, 'iter': None}  # a weak reference: the run owns its model, not this module
 
 
 class BadImage(OptionError):
@@ -214,7 +215,7 @@ def _remembering(build_model: Callable) -> Callable:
     def wrapper(opt):
         model = build_model(opt)
         if opt.get('is_train'):
-            _run.update(model=model, iter=None)
+            _run.update(model=weakref.ref(model), iter=None)
             optimize = model.optimize_parameters
 
             @functools.wraps(optimize)
@@ -254,7 +255,7 @@ def _stopped(message: str) -> TooManyBadImages:
 
     from dvmsr_mma.training.resume import current_epoch
 
-    model, current_iter = _run['model'], _run['iter']
+    model, current_iter = _run['model'] and _run['model'](), _run['iter']
     if model is not None and current_iter is not None:
         model.save(current_epoch(), current_iter)
         get_root_logger().warning(f'saved the training state of iter {current_iter}; continue with --auto_resume '

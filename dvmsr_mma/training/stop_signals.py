@@ -17,6 +17,7 @@ Forked DataLoader workers inherit the handler and ignore the signal: the main pr
 """
 import contextlib
 import functools
+import gc
 import glob
 import os
 import os.path as osp
@@ -148,13 +149,16 @@ def _with_handlers(train_pipeline: Callable) -> Callable:
 
 
 def close_process_group(together: bool) -> None:
-    """Close the process group a run opened, before the interpreter exits. Left to exit, a rank whose peer had gone
-    could abort in gloo's teardown ("terminate called without an active exception", exit -6) after a finished run.
+    """Close the process group a run opened, before the interpreter exits. Left to exit, a rank could abort in
+    gloo's teardown ("terminate called without an active exception", exit -6) after a finished run: objects of the
+    DDP wrappers that hold gloo's work were destroyed while the interpreter was being torn down. So the run's
+    objects are collected first (the model is in reference cycles), then the group is closed.
     ``together``: every rank got here the same way (the run finished, or a signal was agreed on), so they meet once
     more first; after an error on one rank, a barrier could wait for a peer that never comes. A group the caller
     opened before the run is not this package's to close."""
     if not (dist.is_available() and dist.is_initialized()):
         return
+    gc.collect()
     if together:
         dist.barrier()
     dist.destroy_process_group()
