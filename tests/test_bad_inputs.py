@@ -241,6 +241,10 @@ CASES = [
     case('rrdbnet_scale_not_scale', TRAIN, put('network_g', {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3,
                                                              'scale': 4, 'num_feat': 8, 'num_block': 1}),
          ['network_g.scale: 4 but scale: 2']),
+    case('network_with_an_empty_layer', TRAIN, put('network_g', {'type': 'MMA', 'num_feat': 20, 'num_block': 1,
+                                                                 'upscale': SCALE}),
+         ['network_g: MMA with these arguments has an empty layer (body.0.attn.channel_attention.cab.3.attention.1.'
+          'weight has shape (0, 20, 1, 1))']),
     case('network_far_too_deep', TRAIN, put('network_g.depths', [10_000_000]),
          ['network_g: DVMSR with these arguments has more than 20,000 layers (modules); use smaller depths']),
     # 2. missing options

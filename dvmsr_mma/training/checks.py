@@ -206,6 +206,11 @@ def _check_network_fits(key: str, arch: str, cls: Callable, kwargs: Mapping[str,
         torch.linspace, nn.Module.__init__ = linspace, module_init
     if not isinstance(net, nn.Module):
         return
+    empty = next(((name, p) for name, p in net.named_parameters() if p.numel() == 0), None)
+    if empty is not None:  # e.g. MMA's channel attention squeezes num_feat by 30: num_feat 20 gives 0 channels
+        raise OptionError(f'{key}: {arch} with these arguments has an empty layer ({empty[0]} has shape '
+                          f'{tuple(empty[1].shape)}), which fails at the first forward; use larger sizes (num_feat, '
+                          'embed_dim, ...)')
     count = sum(p.numel() for p in net.parameters())
     needed = count * 4 * (4 if is_train else 1)
     free = available_bytes(torch.device('cpu'))
