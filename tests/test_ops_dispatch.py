@@ -493,6 +493,7 @@ def test_numba_installed_but_broken_is_one_warning(fresh_dispatch, caplog):
         '(ImportError: Numba needs NumPy 2.2 or less. Got NumPy 2.3.)']
     fresh_dispatch.setattr(cuda_kernels, 'installed', lambda name: False)
     fresh_dispatch.setattr(dispatch, '_logged', set())
+    fresh_dispatch.setattr(dispatch, '_probe_cache', {dispatch.NUMBA_MODULE: ImportError('No module named numba')})
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=dispatch.__name__):
         dispatch.select('selective_scan', scan_tensors(1, 2, 2, 5, device='cpu'))

@@ -73,13 +73,18 @@ def probe(module_name: str) -> Any:
 
 
 def _numba_broken() -> Optional[str]:
-    """Why numba does not import although it is installed (e.g. a numpy newer than it supports), else None."""
-    probe(NUMBA_MODULE)
-    err = _probe_cache[NUMBA_MODULE]
-    if not isinstance(err, Exception) or not cuda_kernels.installed('numba'):
-        return None
-    text = str(err).strip()
-    return f'numba is installed but does not import ({type(err).__name__}{": " + text.splitlines()[0] if text else ""})'
+    """Why numba does not import although it is installed (e.g. a numpy newer than it supports), else None; found
+    once (a call without numba must not look on disk for it)."""
+    key = f'{NUMBA_MODULE}:broken'
+    if key not in _probe_cache:
+        probe(NUMBA_MODULE)
+        err, reason = _probe_cache[NUMBA_MODULE], None
+        if isinstance(err, Exception) and cuda_kernels.installed('numba'):
+            text = str(err).strip()
+            reason = f'numba is installed but does not import ({type(err).__name__}' + (
+                f': {text.splitlines()[0]})' if text else ')')
+        _probe_cache[key] = reason
+    return _probe_cache[key]
 
 
 def _device(tensors: Tensors) -> str:
@@ -231,11 +236,13 @@ def _log_once(op: str, path: Path, note: str) -> None:
 
 def _warn_broken_once(op: str, path: Path) -> None:
     """A path passed over because its install is broken: one WARNING per op and path (default logging shows it;
-    a path simply not installed stays in the INFO line)."""
+    a path simply not installed stays in the INFO line). Asked once per op and path."""
     key = (op, path.name, 'broken')
-    reason = path.broken() if path.broken is not None and key not in _logged else None
+    if path.broken is None or key in _logged:
+        return
+    _logged.add(key)
+    reason = path.broken()
     if reason:
-        _logged.add(key)
         logger.warning('%s: the %s path is installed but not used: %s', op, path.label, reason)
 
 
