@@ -1,6 +1,6 @@
 """Mixer benchmark: the networks on CPU with this checkout's ops against a baseline commit read from git, in one run.
 
-    python benchmarks/bench_mixer.py [--baseline 9cc0b7e] [--rounds N] [--quick]
+    python benchmarks/bench_mixer.py [--baseline 9cc0b7e] [--rounds N] [--quick] [--torch-first]
 
 Every case runs in fresh child processes, the baseline (the package of ``--baseline``, from ``git archive``) and
 this checkout back to back in each of ``--rounds`` rounds (default 5); each child times a few warm runs and keeps
@@ -130,14 +130,14 @@ class BusyLoops:
             proc.wait()
 
 
-def compare(title, roots, case, rounds, repeats):
+def compare(title, roots, case, rounds, repeats, torch_first=False):
     """Each round runs every root's child back to back; prints each side's best time and, the headline, the median
     over rounds of the round's baseline / current ratio (the machine's speed drifts over minutes: a ratio of two
     runs a few seconds apart follows it, a ratio of two best-ofs taken minutes apart need not)."""
     best = {name: float('inf') for name in roots}
     ratios = []
     for _ in range(rounds):
-        times = {name: min(run_child(root, case, repeats)) for name, root in roots.items()}
+        times = {name: min(run_child(root, case, repeats, torch_first)) for name, root in roots.items()}
         best = {name: min(best[name], t) for name, t in times.items()}
         if 'baseline' in times:
             ratios.append(times['baseline'] / times['current'])
@@ -166,6 +166,8 @@ def main():
     parser.add_argument('--baseline', default=BASELINE, help=f'commit to compare against (default {BASELINE})')
     parser.add_argument('--rounds', type=int, default=5, help='rounds per case (one child per side each)')
     parser.add_argument('--quick', action='store_true', help='one round, and no load cases')
+    parser.add_argument('--torch-first', action='store_true',
+                        help='the paired cases in children that import torch before dvmsr_mma (a library user)')
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
     import torch
@@ -176,11 +178,12 @@ def main():
     commit = subprocess.run(['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD'], capture_output=True,
                             text=True).stdout.strip()
     print(f'current {commit} (+ working tree) vs baseline {args.baseline if base else "(no git history)"}; '
-          f'threads={torch.get_num_threads()}, rounds={rounds}; {time.strftime("%Y-%m-%d")}', flush=True)
+          f'threads={torch.get_num_threads()}, rounds={rounds}, {"torch" if args.torch_first else "dvmsr_mma"} '
+          f'imported first; {time.strftime("%Y-%m-%d")}', flush=True)
     try:
-        compare('DVMSR x4 fwd, LR 256x256        ', roots, 'dvmsr_fwd', rounds, 2)
-        compare('MMA-T x2 fwd, LR 128x128        ', roots, 'mmat_fwd', rounds, 3)
-        compare('DVMSR x4 train step, 4x48x48    ', roots, 'dvmsr_train', rounds, 3)
+        compare('DVMSR x4 fwd, LR 256x256        ', roots, 'dvmsr_fwd', rounds, 2, args.torch_first)
+        compare('MMA-T x2 fwd, LR 128x128        ', roots, 'mmat_fwd', rounds, 3, args.torch_first)
+        compare('DVMSR x4 train step, 4x48x48    ', roots, 'dvmsr_train', rounds, 3, args.torch_first)
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 20))
         rss = {name: min(run_child(root, 'dvmsr_rss', 1, env=env) for _ in range(rounds))
                for name, root in roots.items()}
