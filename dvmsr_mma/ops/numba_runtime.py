@@ -39,16 +39,6 @@ with open(__file__, 'rb') as _source:
 
 
 @intrinsic
-def int_bits_as_float(typingctx, bits):
-    """Reinterpret an int32 as the float32 with the same bits (builds 2^k from its exponent field)."""
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
-
-
-@intrinsic
 def stack_f32(typingctx, size):
     """A pointer to ``size`` (a compile-time constant) float32 on the stack, for ``numba.carray``: the compiler
     knows stack memory aliases no argument, so loops that store into it vectorize (2x on the scan's backward;
@@ -79,12 +69,16 @@ def f32_at(typingctx, array, offset):
 
 
 @intrinsic
-def prefetch(typingctx, array, offset):
-    """Ask the CPU to bring element ``offset`` of a 1-D float32 array into cache (``llvm.prefetch``: a read, kept
-    close); no effect on results. The kernels fetch rows a few steps ahead: a reverse scan walks memory downwards,
-    which hardware prefetchers follow badly (a reversed pass over MMA-T's rows ran 4x slower without it)."""
-    if not (isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 1):
+def prefetch(typingctx, array, offset, write):
+    """Ask the CPU to bring element ``offset`` of a 1-D float32 array into cache (``llvm.prefetch``, kept close; for
+    writing where ``write``, a literal, is true); no effect on results. The kernels fetch rows a few steps ahead: a
+    reverse scan walks memory downwards, which hardware prefetchers follow badly (a reversed pass over MMA-T's rows
+    ran 4x slower without it), and the backward writes its gradient rows that way (a fifth of its time went to
+    waiting for those lines)."""
+    if not (isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 1
+            and isinstance(write, types.BooleanLiteral)):
         return None
+    rw = int(write.literal_value)
 
     def codegen(context, builder, signature, args):
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
@@ -92,39 +86,78 @@ def prefetch(typingctx, array, offset):
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [pointer.type, i32, i32, i32])
         fn = builder.module.declare_intrinsic('llvm.prefetch', [pointer.type], fnty)  # mangled for the pointer type
-        builder.call(fn, [pointer, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        builder.call(fn, [pointer, ir.Constant(i32, rw), ir.Constant(i32, 3), ir.Constant(i32, 1)])
         return context.get_dummy_value()
 
-    return types.void(array, offset), codegen
+    return types.void(array, offset, write), codegen
 
 
-@numba.njit(cache=True)
+@numba.njit(inline='always')
 def prefetch_row(array, offset, count):
-    """:func:`prefetch` for ``count`` floats from ``offset``: one hint per 64-byte line."""
+    """:func:`prefetch` for ``count`` floats from ``offset``: one hint per 64-byte line. Inlined where it is
+    called (no float math in it, so no flags to keep apart): a call would spill the caller's vector registers."""
     for k in range(0, count, 16):
-        prefetch(array, offset + k)
+        prefetch(array, offset + k, False)
 
 
-@numba.njit(fastmath=MATH_FLAGS, error_model='numpy', cache=True)
-def exp32(x):
-    """float32 exp in a form the compiler vectorizes: x = k ln2 + r with |r| <= ln2 / 2, e^r by Cephes' expf
-    polynomial (about 1 ulp, as torch's), 2^k as two exponent-field factors so results down to the denormals
-    and up to inf come out right; clamping to [-104, 89] changes no float32 result; NaN propagates."""
-    xc = min(max(x, np.float32(-104.0)), np.float32(89.0))
-    k = np.floor(xc * np.float32(1.44269504088896341) + np.float32(0.5))  # float: math.floor's int64 is scalar on AVX2
-    r = xc - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    e = p * r * r + r + np.float32(1.0)
-    k1 = np.int32(k) >> np.int32(1)
-    k2 = np.int32(k) - k1
-    s1 = int_bits_as_float((k1 + np.int32(127)) << np.int32(23))
-    s2 = int_bits_as_float((k2 + np.int32(127)) << np.int32(23))
-    return e * s1 * s2 + (x - x)
+@numba.njit(inline='always')
+def prefetch_row_for_write(array, offset, count):
+    """:func:`prefetch_row` for a row about to be written."""
+    for k in range(0, count, 16):
+        prefetch(array, offset + k, True)
+
+
+# Cephes' expf: ln 2 in two parts (Cody-Waite), then the polynomial for e^r
+LN2_HI, LN2_LO, LOG2E = 0.693359375, -2.12194440e-4, 1.44269504088896341
+EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+
+
+@intrinsic
+def exp32(typingctx, x):
+    """float32 exp, emitted inline as LLVM IR wherever it is called: x = k ln2 + r with |r| <= ln2 / 2, e^r by
+    Cephes' expf polynomial (about 1 ulp, as torch's), 2^k as two exponent-field factors so results down to the
+    denormals and up to inf come out right; clamping to [-104, 89] changes no float32 result; NaN propagates.
+
+    Why an intrinsic: as an njit function, LLVM left it out of line in the large backward kernel, one scalar call
+    per element (40% of the backward's time). Inline IR always vectorizes with the loop around it, and carries its
+    own fast-math flags (multiply-adds fused, never reassociated: the Cody-Waite reduction and the two 2^k factors
+    must keep their order), whatever flags the calling kernel has."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        f32, i32 = ir.FloatType(), ir.IntType(32)
+        flags = ('contract', 'nsz', 'arcp')
+
+        def const(value):
+            return ir.Constant(f32, float(np.float32(value)))
+
+        def mul_add(a, b, c):  # a * b + c, fused where the target has FMA
+            return builder.fadd(builder.fmul(a, b, flags=flags), c, flags=flags)
+
+        x = args[0]
+        low, high = const(-104.0), const(89.0)
+        xc = builder.select(builder.fcmp_ordered('>', x, low), x, low)
+        xc = builder.select(builder.fcmp_ordered('<', xc, high), xc, high)
+        floor = builder.module.declare_intrinsic('llvm.floor', [f32])
+        k = builder.call(floor, [mul_add(xc, const(LOG2E), const(0.5))])  # float: an int64 floor is scalar on AVX2
+        r = builder.fsub(builder.fsub(xc, builder.fmul(k, const(LN2_HI), flags=flags), flags=flags),
+                         builder.fmul(k, const(LN2_LO), flags=flags), flags=flags)
+        p = const(EXP_POLY[0])
+        for coefficient in EXP_POLY[1:]:
+            p = mul_add(p, r, const(coefficient))
+        e = builder.fadd(mul_add(builder.fmul(p, r, flags=flags), r, r), const(1.0), flags=flags)
+        ki = builder.fptosi(k, i32)
+        k1 = builder.ashr(ki, ir.Constant(i32, 1))
+        k2 = builder.sub(ki, k1)
+
+        def power_of_two(exponent):
+            return builder.bitcast(builder.shl(builder.add(exponent, ir.Constant(i32, 127)), ir.Constant(i32, 23)), f32)
+
+        scaled = builder.fmul(builder.fmul(e, power_of_two(k1), flags=flags), power_of_two(k2), flags=flags)
+        return builder.fadd(scaled, builder.fsub(x, x, flags=flags), flags=flags)
+
+    return types.float32(types.float32), codegen
 
 
 @numba.njit(fastmath=MATH_FLAGS, error_model='numpy', cache=True)

@@ -39,6 +39,7 @@ from .numba_runtime import (
     log1p_small,
     parts,
     prefetch_row,
+    prefetch_row_for_write,
     run_tasks,
     stack_f32,
 )
@@ -50,50 +51,60 @@ CHECKPOINT_STEPS = 32  # the forward keeps the state before every 32 steps for t
 STATE_MULTIPLE = 16  # scratch rows are sized for the states rounded up to this (one compiled kernel for n <= 16)
 FORWARD_WIDTH = 64  # channels per forward task: whole rows of DVMSR's 120 and MMA-T's 96 channels in 2 tasks
 BACKWARD_WIDTH = 32  # per backward task: its chunk of states and decays (33 + 32 rows of n x 32) stays in L2
+LANES = 16  # channels per vector block: one AVX-512 register, two AVX2 ones
 AHEAD = 16  # steps: rows are prefetched this far ahead in scan order (see numba_runtime.prefetch)
 
 # the rows of numba_runtime.geometry, one per tensor the kernels read or write
 U, DELTA, Z, B_, C_, Y, GOUT, GU, GDELTA, GZ, GB, GC = range(12)
 
 
-# Helpers are not cached on their own: compiled into each kernel, they are cached with it (and its source key).
+# Helpers are not cached on their own: compiled into each kernel, they are cached with it (and its source key). They
+# take a chunk of rows per call: a call costs the kernel its vector registers (spilled and reloaded around it), which
+# per step was a fifth of the backward.
 @numba.njit(fastmath=MATH_FLAGS, error_model='numpy')
-def _dt_row(delta, bias, w, softplus, dt):
-    """dt = softplus(delta + bias) (or delta + bias) over a row of ``w`` channels; softplus(x) = max(x, 0) +
-    log1p(exp(-|x|)), within 3 ulp of torch's."""
-    if softplus:
-        for c in range(w):
-            x = delta[c] + bias[c]
-            dt[c] = max(x, np.float32(0.0)) + log1p_small(exp32(-abs(x)))
-    else:
-        for c in range(w):
-            dt[c] = delta[c] + bias[c]
-
-
-@numba.njit(fastmath=MATH_FLAGS, error_model='numpy')
-def _dt_slope_row(delta, bias, w, softplus, dt, slope):
-    """:func:`_dt_row` and its derivative sigmoid(x) in ``slope`` (for the backward)."""
-    if softplus:
-        for c in range(w):
-            x = delta[c] + bias[c]
-            e = exp32(-abs(x))
-            dt[c] = max(x, np.float32(0.0)) + log1p_small(e)
-            r = np.float32(1.0) / (np.float32(1.0) + e)
-            slope[c] = r if x > np.float32(0.0) else e * r
-    else:
-        for c in range(w):
-            dt[c] = delta[c] + bias[c]
-            slope[c] = np.float32(1.0)
+def _dt_rows(delta, p0, stride, steps, bias, w, softplus, dt, slope, with_slope):
+    """dt[s, :w] = softplus(delta + bias) (or delta + bias) for ``steps`` rows of ``delta`` (offsets p0 + s stride);
+    softplus(x) = max(x, 0) + log1p(exp(-|x|)), within 3 ulp of torch's. ``with_slope``: its derivative
+    sigmoid(x) in ``slope`` (for the backward)."""
+    for s in range(steps):
+        row, dr, sr = numba.carray(f32_at(delta, p0 + s * stride), w), dt[s], slope[s]
+        if softplus:
+            for c in range(w):
+                x = row[c] + bias[c]
+                e = exp32(-abs(x))
+                dr[c] = max(x, np.float32(0.0)) + log1p_small(e)
+                if with_slope:
+                    r = np.float32(1.0) / (np.float32(1.0) + e)
+                    sr[c] = r if x > np.float32(0.0) else e * r
+        else:
+            for c in range(w):
+                dr[c] = row[c] + bias[c]
+                if with_slope:
+                    sr[c] = np.float32(1.0)
 
 
 @numba.njit(fastmath=MATH_FLAGS, error_model='numpy')
-def _gate_row(z, w, gate, sig):
-    """silu(z) = z sigmoid(z) over a row, and sigmoid(z) (for the gradient)."""
-    for c in range(w):
-        zz = z[c]
-        sg = np.float32(1.0) / (np.float32(1.0) + exp32(-zz))
-        sig[c] = sg
-        gate[c] = zz * sg
+def _gate_rows(z, p0, stride, steps, w, gate, sig, zs, keep):
+    """silu(z) = z sigmoid(z) in gate[s, :w] for ``steps`` rows of ``z``; ``keep``: sigmoid(z) in ``sig`` and z in
+    ``zs`` too (for the gradient)."""
+    for s in range(steps):
+        row, gr = numba.carray(f32_at(z, p0 + s * stride), w), gate[s]
+        for c in range(w):
+            zz = row[c]
+            sg = np.float32(1.0) / (np.float32(1.0) + exp32(-zz))
+            gr[c] = zz * sg
+            if keep:
+                sig[s, c] = sg
+                zs[s, c] = zz
+
+
+@numba.njit(error_model='numpy')
+def _copy_rows(x, p0, stride, steps, w, out):
+    """out[s, :w] = the ``steps`` rows of ``x`` at offsets p0 + s stride."""
+    for s in range(steps):
+        row, o = numba.carray(f32_at(x, p0 + s * stride), w), out[s]
+        for c in range(w):
+            o[c] = row[c]
 
 
 @numba.njit(error_model='numpy')
@@ -114,12 +125,13 @@ def _kernels(npad: int) -> Tuple[Callable, Callable]:
     Compiled once per ``npad``, cached on disk."""
     key = SOURCE_KEY
     fw, bw, K, ahead = FORWARD_WIDTH, BACKWARD_WIDTH, CHECKPOINT_STEPS, AHEAD
-    f_states, b_states, b_chunk = npad * fw, npad * bw, K * bw
+    f_states, f_chunk, b_states, b_chunk = npad * fw, K * fw, npad * bw, K * bw
     b_chunk_states, b_chunk_decays = (K + 1) * npad * bw, K * npad * bw
 
     @numba.njit(nogil=True, fastmath=FLAGS, error_model='numpy', cache=True)
     def forward_part(u, delta, z, Bm, Cm, y, hc, geo, A, bias, D, batch, c0, w, group, n, seqlen, softplus, save):
-        """y for channels c0..c0+w of one batch: (<C_t, h_t> + D u_t) silu(z_t), step by step in scan order;
+        """y for channels c0..c0+w of one batch: (<C_t, h_t> + D u_t) silu(z_t), K steps at a time in scan order:
+        the chunk's rows of dt, u and the gate first, then the states step by step, then the outputs;
         ``save``: the state before every K steps into hc (b, chunks, n, d)."""
         assert key == SOURCE_KEY
         d = bias.shape[0]
@@ -128,90 +140,115 @@ def _kernels(npad: int) -> Tuple[Callable, Callable]:
         h = numba.carray(stack_f32(f_states), (npad, fw))
         dec = numba.carray(stack_f32(f_states), (npad, fw))
         a = numba.carray(stack_f32(f_states), (npad, fw))
-        dt, du, acc = numba.carray(stack_f32(fw), fw), numba.carray(stack_f32(fw), fw), numba.carray(stack_f32(fw), fw)
-        gate, sig = numba.carray(stack_f32(fw), fw), numba.carray(stack_f32(fw), fw)
-        w8 = -(-w // 8) * 8
-        for x in (h, dec, a):  # channels w.. of a row stay 0 (A, dt, du, h), so whole-vector loops can run them
+        dts, us = numba.carray(stack_f32(f_chunk), (K, fw)), numba.carray(stack_f32(f_chunk), (K, fw))
+        accs, gates = numba.carray(stack_f32(f_chunk), (K, fw)), numba.carray(stack_f32(f_chunk), (K, fw))
+        du, d_r = numba.carray(stack_f32(fw), fw), numba.carray(stack_f32(fw), fw)
+        for x in (h, dec, a):  # channels w.. of a row stay 0 (A, dt, u, h), so whole-row loops can run them
             x[:] = np.float32(0.0)
-        for x in (dt, du, acc):
+        for x in (dts, us, accs, gates):
             x[:] = np.float32(0.0)
+        du[:] = np.float32(0.0)
+        d_r[:] = np.float32(0.0)
         bias_r, D_r = _part_setup(A, a, bias, D, n, c0, w)
+        if has_d:
+            for c in range(w):
+                d_r[c] = D_r[c]
         pu, pd, pz, pb, pc, py = bases(geo, batch, c0, group)[:Y + 1]
-        for s in range(seqlen):
-            if s + ahead < seqlen:
-                sa = s + ahead
-                prefetch_row(u, pu + sa * geo[U, 2], w)
-                prefetch_row(delta, pd + sa * geo[DELTA, 2], w)
-                prefetch_row(Bm, pb + sa * geo[B_, 2], n)
-                prefetch_row(Cm, pc + sa * geo[C_, 2], n)
-                if has_z:
-                    prefetch_row(z, pz + sa * geo[Z, 2], w)
-            if save and s % K == 0:
-                base = ((batch * nchunks + s // K) * n) * d + c0
+        su, sd, sz, sb, sc, sy = geo[U, 2], geo[DELTA, 2], geo[Z, 2], geo[B_, 2], geo[C_, 2], geo[Y, 2]
+        for j in range(nchunks):
+            t0 = j * K
+            steps = min(K, seqlen - t0)
+            if save:
+                base = ((batch * nchunks + j) * n) * d + c0
                 for i in range(n):
                     hrow = numba.carray(f32_at(hc, base + i * d), w)
                     for c in range(w):
                         hrow[c] = h[i, c]
-            ur = numba.carray(f32_at(u, pu + s * geo[U, 2]), w)
-            br, cr = numba.carray(f32_at(Bm, pb + s * geo[B_, 2]), n), numba.carray(f32_at(Cm, pc + s * geo[C_, 2]), n)
-            _dt_row(numba.carray(f32_at(delta, pd + s * geo[DELTA, 2]), w), bias_r, w, softplus, dt)
-            for c in range(w):
-                du[c] = dt[c] * ur[c]
-                acc[c] = np.float32(0.0)
-            for i in range(n):  # the decays first: exps with no dependence between them
-                ai, di = a[i], dec[i]
-                for c in range(w8):  # whole vectors: no scalar tail per state (the channels past w are 0)
-                    di[c] = exp32(dt[c] * ai[c])
-            for i in range(n):
-                bv, cv = br[i], cr[i]
-                hi, di = h[i], dec[i]
-                for c in range(w8):
-                    v = di[c] * hi[c] + du[c] * bv
-                    hi[c] = v
-                    acc[c] += v * cv
-            yr = numba.carray(f32_at(y, py + s * geo[Y, 2]), w)
-            if has_d:
-                for c in range(w):
-                    acc[c] += D_r[c] * ur[c]
+            _dt_rows(delta, pd + t0 * sd, sd, steps, bias_r, w, softplus, dts, dts, False)
+            _copy_rows(u, pu + t0 * su, su, steps, w, us)
+            for s in range(steps):
+                t = t0 + s
+                if t + K < seqlen:  # the same step of the next chunk
+                    tn = t + K
+                    prefetch_row(u, pu + tn * su, w)
+                    prefetch_row(delta, pd + tn * sd, w)
+                    prefetch_row(Bm, pb + tn * sb, n)
+                    prefetch_row(Cm, pc + tn * sc, n)
+                    if has_z:
+                        prefetch_row(z, pz + tn * sz, w)
+                br, cr = numba.carray(f32_at(Bm, pb + t * sb), n), numba.carray(f32_at(Cm, pc + t * sc), n)
+                dt, acc, u_s = dts[s], accs[s], us[s]
+                for c in range(fw):
+                    du[c] = dt[c] * u_s[c]
+                    acc[c] = np.float32(0.0)
+                for i in range(n):  # the decays first: exps with no dependence between them
+                    ai, di = a[i], dec[i]
+                    for c in range(fw):  # whole rows (a constant count: no scalar tail; the channels past w are 0)
+                        di[c] = exp32(dt[c] * ai[c])
+                for i in range(n):
+                    bv, cv = br[i], cr[i]
+                    hi, di = h[i], dec[i]
+                    for c in range(fw):
+                        v = di[c] * hi[c] + du[c] * bv
+                        hi[c] = v
+                        acc[c] += v * cv
             if has_z:
-                _gate_row(numba.carray(f32_at(z, pz + s * geo[Z, 2]), w), w, gate, sig)
-                for c in range(w):
-                    yr[c] = acc[c] * gate[c]
-            else:
-                for c in range(w):
-                    yr[c] = acc[c]
+                _gate_rows(z, pz + t0 * sz, sz, steps, w, gates, gates, gates, False)
+            for s in range(steps):
+                acc, yr = accs[s], numba.carray(f32_at(y, py + (t0 + s) * sy), w)
+                if has_d:
+                    u_s = us[s]
+                    for c in range(fw):
+                        acc[c] += d_r[c] * u_s[c]
+                if has_z:
+                    gate = gates[s]
+                    for c in range(w):
+                        yr[c] = acc[c] * gate[c]
+                else:
+                    for c in range(w):
+                        yr[c] = acc[c]
 
     @numba.njit(nogil=True, fastmath=FLAGS, error_model='numpy', cache=True)
     def backward_part(u, delta, z, Bm, Cm, gout, hc, g_u, g_delta, g_z, g_Bp, g_Cp, geo, A, bias, D, g_A, g_D, g_bias,
                       batch, c0, w, group, n, seqlen, softplus):
         """The adjoint recurrence for channels c0..c0+w of one batch, chunk by chunk from the last, each chunk's
         states recomputed from hc. Writes g_u, g_delta, g_z rows, this part's B and C gradients (summed over its
-        channels) into g_Bp / g_Cp, and the long sums g_A (b, n, d), g_D, g_bias (b, d) in float64."""
+        channels) into g_Bp / g_Cp, and the long sums g_A (b, n, d), g_D, g_bias (b, d) in float64.
+
+        Every loop over channels runs whole rows of the stack scratch (a constant count, zero past w): the input
+        rows are copied there once, and each output row is written once, from the stack; a vector load then never
+        reads a row that narrower stores have just written (such a load waits for the stores to retire)."""
         assert key == SOURCE_KEY
         d = bias.shape[0]
         has_z, has_d = z.shape[0] > 0, D.shape[0] > 0
         nchunks = (seqlen + K - 1) // K
         hs = numba.carray(stack_f32(b_chunk_states), (K + 1, npad, bw))
         dec = numba.carray(stack_f32(b_chunk_decays), (K, npad, bw))
+        # per step of the chunk: dt, its slope, dt u, u, the pre-gate output, silu(z), sigmoid(z), z, the gradient
         dts, slopes = numba.carray(stack_f32(b_chunk), (K, bw)), numba.carray(stack_f32(b_chunk), (K, bw))
-        dus, ypre = numba.carray(stack_f32(b_chunk), (K, bw)), numba.carray(stack_f32(b_chunk), (K, bw))
-        gates, sigs = numba.carray(stack_f32(b_chunk), (K, bw)), numba.carray(stack_f32(b_chunk), (K, bw))
+        dus, us = numba.carray(stack_f32(b_chunk), (K, bw)), numba.carray(stack_f32(b_chunk), (K, bw))
+        ypre, gates = numba.carray(stack_f32(b_chunk), (K, bw)), numba.carray(stack_f32(b_chunk), (K, bw))
+        sigs, zs = numba.carray(stack_f32(b_chunk), (K, bw)), numba.carray(stack_f32(b_chunk), (K, bw))
+        gos = numba.carray(stack_f32(b_chunk), (K, bw))
         a, gh = numba.carray(stack_f32(b_states), (npad, bw)), numba.carray(stack_f32(b_states), (npad, bw))
         ga = numba.carray(stack_f32(b_states), (npad, bw))
         gy, gdu, gda = numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw)
-        gD_c, gbias_c = numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw)
+        d_r, gD_c, gbias_c = numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw)
+        gu_r, gdel_r, gz_r = numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw)
         ga64 = np.zeros((n, w), np.float64)
         gD64, gbias64 = np.zeros(w, np.float64), np.zeros(w, np.float64)
-        w8 = -(-w // 8) * 8
-        for x in (hs, dec):  # channels w.. stay 0 (A, dt, du, gy, h, adjoints): whole-vector loops run them
+        for x in (hs, dec):
             x[:] = np.float32(0.0)
-        for x in (dts, slopes, dus, ypre, gates, sigs):
+        for x in (dts, slopes, dus, us, ypre, gates, sigs, zs, gos):
             x[:] = np.float32(0.0)
         for x in (a, gh, ga):
             x[:] = np.float32(0.0)
-        for x in (gy, gdu, gda):
+        for x in (gy, gdu, gda, d_r, gD_c, gbias_c, gu_r, gdel_r, gz_r):
             x[:] = np.float32(0.0)
         bias_r, D_r = _part_setup(A, a, bias, D, n, c0, w)
+        if has_d:
+            for c in range(w):
+                d_r[c] = D_r[c]
         pu, pd, pz, pb, pc, _, pgo, pgu, pgd, pgz, pgb, pgc = bases(geo, batch, c0, group)
         for j in range(nchunks - 1, -1, -1):
             t0 = j * K
@@ -221,6 +258,11 @@ def _kernels(npad: int) -> Tuple[Callable, Callable]:
                 hrow = numba.carray(f32_at(hc, base + i * d), w)
                 for c in range(w):
                     hs[0, i, c] = hrow[c]
+            _dt_rows(delta, pd + t0 * geo[DELTA, 2], geo[DELTA, 2], steps, bias_r, w, softplus, dts, slopes, True)
+            _copy_rows(u, pu + t0 * geo[U, 2], geo[U, 2], steps, w, us)
+            _copy_rows(gout, pgo + t0 * geo[GOUT, 2], geo[GOUT, 2], steps, w, gos)
+            if has_z:
+                _gate_rows(z, pz + t0 * geo[Z, 2], geo[Z, 2], steps, w, gates, sigs, zs, True)
             for s in range(steps):  # the chunk's states again, and what the reverse pass reads per step
                 t = t0 + s
                 if t >= K:  # the same step of the chunk done next
@@ -230,66 +272,59 @@ def _kernels(npad: int) -> Tuple[Callable, Callable]:
                     prefetch_row(gout, pgo + tp * geo[GOUT, 2], w)
                     prefetch_row(Bm, pb + tp * geo[B_, 2], n)
                     prefetch_row(Cm, pc + tp * geo[C_, 2], n)
+                    prefetch_row_for_write(g_u, pgu + tp * geo[GU, 2], w)
+                    prefetch_row_for_write(g_delta, pgd + tp * geo[GDELTA, 2], w)
                     if has_z:
                         prefetch_row(z, pz + tp * geo[Z, 2], w)
-                ur = numba.carray(f32_at(u, pu + t * geo[U, 2]), w)
+                        prefetch_row_for_write(g_z, pgz + tp * geo[GZ, 2], w)
                 br = numba.carray(f32_at(Bm, pb + t * geo[B_, 2]), n)
                 cr = numba.carray(f32_at(Cm, pc + t * geo[C_, 2]), n)
-                dt, du, acc = dts[s], dus[s], ypre[s]
-                _dt_slope_row(numba.carray(f32_at(delta, pd + t * geo[DELTA, 2]), w), bias_r, w, softplus, dt,
-                              slopes[s])
-                for c in range(w):
-                    du[c] = dt[c] * ur[c]
+                dt, du, acc, us_s = dts[s], dus[s], ypre[s], us[s]
+                for c in range(bw):
+                    du[c] = dt[c] * us_s[c]
                     acc[c] = np.float32(0.0)
                 for i in range(n):
                     ai, di = a[i], dec[s, i]
-                    for c in range(w8):
+                    for c in range(bw):
                         di[c] = exp32(dt[c] * ai[c])
                 for i in range(n):
                     bv, cv = br[i], cr[i]
                     h0, h1, di = hs[s, i], hs[s + 1, i], dec[s, i]
-                    for c in range(w8):
+                    for c in range(bw):
                         v = di[c] * h0[c] + du[c] * bv
                         h1[c] = v
                         acc[c] += v * cv
                 if has_d:
-                    for c in range(w):
-                        acc[c] += D_r[c] * ur[c]
-                if has_z:
-                    _gate_row(numba.carray(f32_at(z, pz + t * geo[Z, 2]), w), w, gates[s], sigs[s])
+                    for c in range(bw):
+                        acc[c] += d_r[c] * us_s[c]
             for i in range(n):
-                for c in range(w):
+                for c in range(bw):
                     ga[i, c] = np.float32(0.0)
-            for c in range(w):
+            for c in range(bw):
                 gD_c[c] = np.float32(0.0)
                 gbias_c[c] = np.float32(0.0)
             for r in range(steps):
                 s = steps - 1 - r
                 t = t0 + s
-                ur = numba.carray(f32_at(u, pu + t * geo[U, 2]), w)
-                gor = numba.carray(f32_at(gout, pgo + t * geo[GOUT, 2]), w)
                 br = numba.carray(f32_at(Bm, pb + t * geo[B_, 2]), n)
                 cr = numba.carray(f32_at(Cm, pc + t * geo[C_, 2]), n)
                 gbr = numba.carray(f32_at(g_Bp, pgb + t * geo[GB, 2]), n)
                 gcr = numba.carray(f32_at(g_Cp, pgc + t * geo[GC, 2]), n)
-                dt, du = dts[s], dus[s]
+                dt, du, us_s, go = dts[s], dus[s], us[s], gos[s]
                 if has_z:
                     gate = gates[s]
-                    for c in range(w):
-                        gy[c] = gor[c] * gate[c]  # gradient of the pre-gate output
+                    for c in range(bw):
+                        gy[c] = go[c] * gate[c]  # gradient of the pre-gate output
                 else:
-                    for c in range(w):
-                        gy[c] = gor[c]
-                for c in range(w8):
-                    gdu[c] = np.float32(0.0)
-                    gda[c] = np.float32(0.0)
+                    for c in range(bw):
+                        gy[c] = go[c]
                 for i in range(n):
                     bv, cv = br[i], cr[i]
                     ghi, h1 = gh[i], hs[s + 1, i]
                     sum_c = np.float32(0.0)
                     sum_b = np.float32(0.0)
                     ai, di, h0, gai = a[i], dec[s, i], hs[s, i], ga[i]
-                    for c in range(w8):
+                    for c in range(bw):
                         g = ghi[c] + gy[c] * cv  # adjoint of h_t
                         sum_c += gy[c] * h1[c]
                         gdu[c] += g * bv
@@ -301,25 +336,31 @@ def _kernels(npad: int) -> Tuple[Callable, Callable]:
                         ghi[c] = g
                     gcr[i] = sum_c
                     gbr[i] = sum_b
+                slope = slopes[s]
+                for c in range(bw):
+                    gdel = (gda[c] + gdu[c] * us_s[c]) * slope[c]
+                    gdel_r[c] = gdel
+                    gbias_c[c] += gdel
+                    gu_r[c] = gdu[c] * dt[c]
+                    gdu[c] = np.float32(0.0)  # for the next step, in the stores its loads will read
+                    gda[c] = np.float32(0.0)
+                if has_d:
+                    for c in range(bw):
+                        gu_r[c] += gy[c] * d_r[c]
+                        gD_c[c] += gy[c] * us_s[c]
                 gur = numba.carray(f32_at(g_u, pgu + t * geo[GU, 2]), w)
                 gdr = numba.carray(f32_at(g_delta, pgd + t * geo[GDELTA, 2]), w)
-                slope = slopes[s]
                 for c in range(w):
-                    gdel = (gda[c] + gdu[c] * ur[c]) * slope[c]
-                    gdr[c] = gdel
-                    gbias_c[c] += gdel
-                    gur[c] = gdu[c] * dt[c]
-                if has_d:
-                    for c in range(w):
-                        gur[c] += gy[c] * D_r[c]
-                        gD_c[c] += gy[c] * ur[c]
+                    gur[c] = gu_r[c]
+                    gdr[c] = gdel_r[c]
                 if has_z:
-                    zr = numba.carray(f32_at(z, pz + t * geo[Z, 2]), w)
-                    gzr = numba.carray(f32_at(g_z, pgz + t * geo[GZ, 2]), w)
-                    sig, yp = sigs[s], ypre[s]
-                    for c in range(w):
+                    sig, yp, zz = sigs[s], ypre[s], zs[s]
+                    for c in range(bw):
                         sg = sig[c]
-                        gzr[c] = gor[c] * yp[c] * sg * (np.float32(1.0) + zr[c] * (np.float32(1.0) - sg))
+                        gz_r[c] = go[c] * yp[c] * sg * (np.float32(1.0) + zz[c] * (np.float32(1.0) - sg))
+                    gzr = numba.carray(f32_at(g_z, pgz + t * geo[GZ, 2]), w)
+                    for c in range(w):
+                        gzr[c] = gz_r[c]
             for i in range(n):
                 for c in range(w):
                     ga64[i, c] += ga[i, c]
