@@ -203,6 +203,39 @@ def test_results_do_not_depend_on_thread_count():
             assert torch.equal(g, g0), name
 
 
+def scan_and_conv_grads(t):
+    """A reverse scan and a conv, forward and backward, on more tasks than threads."""
+    conv_cpu = sys.modules.get('dvmsr_mma.ops.conv_cpu') or pytest.importorskip('dvmsr_mma.ops.conv_cpu')
+    out = scan_cpu.selective_scan_tokens_cpu(*token_views(t, 100, 16, 4), delta_softplus=True, reverse=True)
+    weight = torch.linspace(-1, 1, 400).view(100, 4).requires_grad_()
+    conv = conv_cpu.causal_conv1d_tokens_cpu(t['xz'][..., :100], weight, t['bias'], 'silu', reverse=True)
+    loss = out.square().sum() + conv.square().sum()
+    return (out, conv, *torch.autograd.grad(loss, [*t.values(), weight]))
+
+
+def test_openmp_team_and_python_threads_give_the_same_bits(monkeypatch):
+    """Where torch runs on GNU OpenMP, the kernels run on torch's own team (run_tasks with a task entry); values and
+    gradients are those of the Python thread pool, bit for bit, and the team is what ran them."""
+    if numba_runtime._torch_openmp() is None:
+        pytest.skip('torch does not run on GNU OpenMP here; the Python pool is the only path')
+    t = token_inputs(2, 2100, 100, 16, 4, seed=9)
+    previous = torch.get_num_threads()
+    calls = []
+    run = numba_runtime._torch_openmp()
+    monkeypatch.setattr(numba_runtime, '_openmp_checked', True)
+    monkeypatch.setattr(numba_runtime, '_openmp_run', lambda *args: calls.append(args[2]) or run(*args))
+    try:
+        torch.set_num_threads(2)
+        team = scan_and_conv_grads(t)
+        assert calls and set(calls) == {2}  # scan and conv, forward and backward, on two threads
+        monkeypatch.setattr(numba_runtime, '_openmp_run', None)
+        pool = scan_and_conv_grads(t)
+    finally:
+        torch.set_num_threads(previous)
+    for a, b in zip(team, pool):
+        assert torch.equal(a, b)
+
+
 def test_memory_stays_below_one_state_per_step(monkeypatch):
     """The backward keeps one state per CHECKPOINT_STEPS steps: no allocation is larger than an activation
     (b * l * d), let alone the b * l * d * n of every state."""
@@ -231,7 +264,7 @@ def test_kernels_follow_the_runtime_source():
     """numba caches a kernel by its own file; the kernels close over numba_runtime's source key, which numba's
     cache index hashes, so a change to the shared helpers recompiles them instead of loading stale code."""
     for kernel in scan_cpu._kernels(16):
-        cells = [c.cell_contents for c in kernel.py_func.__closure__]
+        cells = [c.cell_contents for c in (getattr(kernel, 'py_func', None) or kernel.__wrapped__).__closure__]
         assert numba_runtime.SOURCE_KEY in cells
 
 

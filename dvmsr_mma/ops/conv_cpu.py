@@ -20,6 +20,7 @@ from .numba_runtime import (
     EMPTY1,
     MATH_FLAGS,
     SOURCE_KEY,
+    TASK_ENTRY,
     bases,
     channels_contiguous,
     exp32,
@@ -27,6 +28,8 @@ from .numba_runtime import (
     flat,
     geometry,
     prefetch_row,
+    row_array,
+    row_array2,
     run_tasks,
     stack_f32,
 )
@@ -41,7 +44,7 @@ AHEAD = 16  # steps: input rows are prefetched this far ahead (see numba_runtime
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    """The forward and backward block kernels, compiled once (cached on disk)."""
+    """The forward and backward block kernels and their task entries, compiled once (cached on disk)."""
     key = SOURCE_KEY  # a closure variable, so numba's disk cache follows numba_runtime.py (see there)
     row, flush, ahead = ROW, FLUSH, AHEAD
 
@@ -150,7 +153,27 @@ def _kernels():
             for c in range(w):
                 g_b[task, c0 + c] = gb64[c]
 
-    return forward_block, backward_block
+    @numba.cfunc(TASK_ENTRY, cache=True)
+    def forward_entry(row):
+        """:func:`forward_block` on a row of :func:`~.numba_runtime.task_table`."""
+        if key != SOURCE_KEY:  # never: the key is here for numba's cache index
+            return
+        r, f = numba.carray(row, 23), np.float32
+        forward_block(row_array(r, 0, f), row_array(r, 2, f), row_array(r, 4, f), row_array(r, 6, f),
+                      row_array(r, 8, f), row_array(r, 10, f), row_array2(r, 12, np.int64), r[15], r[16], r[17], r[18],
+                      r[19], r[20], r[21] != 0, r[22] != 0)
+
+    @numba.cfunc(TASK_ENTRY, cache=True)
+    def backward_entry(row):
+        """:func:`backward_block` on a row of :func:`~.numba_runtime.task_table`."""
+        if key != SOURCE_KEY:
+            return
+        r, f = numba.carray(row, 24), np.float32
+        backward_block(row_array(r, 0, f), row_array(r, 2, f), row_array(r, 4, f), row_array(r, 6, f),
+                       row_array2(r, 8, np.float64), row_array2(r, 11, np.float64), row_array2(r, 14, np.int64), r[17],
+                       r[18], r[19], r[20], r[21], r[22], r[23])
+
+    return forward_block, backward_block, forward_entry, backward_entry
 
 
 def _blocks(b: int, seqlen: int):
@@ -166,10 +189,10 @@ class _CausalConv1dTokens(torch.autograd.Function):
         w_t = weight.detach().float().t().contiguous()  # (width, d): a row of channels per tap
         bias32 = None if bias is None else bias.detach().float().contiguous()
         y = x.new_empty(b, seqlen, d)
-        forward_block, _ = _kernels()
+        forward_block, _, forward_entry, _ = _kernels()
         arrays = (flat(x), flat(y), EMPTY1, EMPTY1, flat(w_t), flat(bias32), geometry([x, y, None], seqlen, reverse))
         run_tasks([(*arrays, i, s0, s1, seqlen, d, w_t.shape[0], silu, False) for i, s0, s1 in _blocks(b, seqlen)],
-                  forward_block)
+                  forward_block, forward_entry)
         ctx.save_for_backward(x, w_t, bias32)
         ctx.options = (silu, reverse, weight.dtype, None if bias is None else bias.dtype)
         return y
@@ -187,11 +210,11 @@ class _CausalConv1dTokens(torch.autograd.Function):
         g_w = np.empty((len(blocks), width * d), np.float64)
         g_b = np.empty((len(blocks), d), np.float64)
         geo = geometry([x, None, gout, g_x], seqlen, reverse)
-        forward_block, backward_block = _kernels()
+        forward_block, backward_block, forward_entry, backward_entry = _kernels()
         run_tasks([(flat(x), EMPTY1, flat(gpre), flat(gout), flat(w_t), flat(bias32), geo, i, s0, s1, seqlen, d, width,
-                    silu, True) for i, s0, s1 in blocks], forward_block)
+                    silu, True) for i, s0, s1 in blocks], forward_block, forward_entry)
         run_tasks([(flat(x), flat(gpre), flat(g_x), flat(w_t), g_w, g_b, geo, k, i, s0, s1, seqlen, d, width)
-                   for k, (i, s0, s1) in enumerate(blocks)], backward_block)
+                   for k, (i, s0, s1) in enumerate(blocks)], backward_block, backward_entry)
         # block sums added in block order (numpy adds along the first axis row by row)
         g_weight = torch.from_numpy(g_w.sum(0).reshape(width, d)).t().to(weight_dtype)
         g_bias = None if bias_dtype is None else torch.from_numpy(g_b.sum(0)).to(bias_dtype)

@@ -5,6 +5,7 @@ contiguous) and are cut into tasks that a pool of ``torch.get_num_threads()`` Py
 (numba releases the GIL), so there is no barrier per operation and a thread the OS deschedules only takes fewer
 tasks. How the work is cut depends on the shapes only, never on the thread count, so results do not either.
 """
+import ctypes
 import itertools
 import os
 import threading
@@ -176,21 +177,143 @@ def log1p_small(y):
     return np.float32(2.0) * v + np.float32(2.0) * v * w * p
 
 
+@intrinsic
+def address_as_pointer(typingctx, address, dtype):
+    """The int64 ``address`` as a pointer to ``dtype`` (np.float32, np.float64 or np.int64), for ``numba.carray``:
+    a task entry's arrays come as addresses in its row of int64 (see :func:`task_table`)."""
+    if not (isinstance(address, types.Integer) and isinstance(dtype, types.NumberClass)):
+        return None
+    pointer = types.CPointer(dtype.instance_type)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+    return pointer(address, dtype), codegen
+
+
+@numba.njit(inline='always')
+def row_array(row, at, dtype):
+    """The 1-D array whose address and length are ``row[at]``, ``row[at + 1]``."""
+    return numba.carray(address_as_pointer(row[at], dtype), row[at + 1])
+
+
+@numba.njit(inline='always')
+def row_array2(row, at, dtype):
+    """The 2-D array whose address and shape are ``row[at]``, ``row[at + 1]``, ``row[at + 2]``."""
+    return numba.carray(address_as_pointer(row[at], dtype), (row[at + 1], row[at + 2]))
+
+
+@numba.njit(inline='always')
+def row_array3(row, at, dtype):
+    """The 3-D array whose address and shape are ``row[at]`` to ``row[at + 3]``."""
+    return numba.carray(address_as_pointer(row[at], dtype), (row[at + 1], row[at + 2], row[at + 3]))
+
+
+# A task entry: ``void entry(int64 *row)``, the kernel called with its arguments decoded from the task's row.
+TASK_ENTRY = types.void(types.CPointer(types.int64))
+
+
+@intrinsic
+def _take_next(typingctx, header):
+    """header[3] += 1, atomically; returns the value before (the next task to run)."""
+    if not isinstance(header, types.CPointer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        counter = builder.gep(args[0], [ir.Constant(ir.IntType(64), 3)])
+        return builder.atomic_rmw('add', counter, ir.Constant(ir.IntType(64), 1), 'monotonic')
+
+    return types.int64(header), codegen
+
+
+@intrinsic
+def _call_entry(typingctx, entry, row):
+    """Call the task entry at address ``entry`` on ``row``."""
+    if not (isinstance(entry, types.Integer) and isinstance(row, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64p = ir.IntType(64).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i64p])
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [builder.inttoptr(args[1], i64p)])
+        return context.get_dummy_value()
+
+    return types.void(entry, row), codegen
+
+
+@numba.cfunc(types.void(types.CPointer(types.int64)), cache=True)
+def _team_member(header):
+    """What every thread of the OpenMP team runs: take the next task until none is left. ``header``: the entry's
+    address, the task count, the row width, the shared counter, the table's address."""
+    entry, count, width, table = header[0], header[1], header[2], header[4]
+    while True:
+        k = _take_next(header)
+        if k >= count:
+            return
+        _call_entry(entry, table + 8 * k * width)
+
+
+def task_table(tasks: List[tuple]) -> np.ndarray:
+    """The tasks as rows of int64 for a task entry: an array as its address and shape (C-contiguous), a bool or an
+    int as its value. The arrays must outlive the run (the tasks hold them)."""
+    rows = []
+    for task in tasks:
+        row = []
+        for value in task:
+            if isinstance(value, np.ndarray):
+                assert value.flags.c_contiguous, 'a task array must be C-contiguous'
+                row += [value.ctypes.data, *value.shape]
+            else:
+                row.append(int(value))
+        rows.append(row)
+    return np.array(rows, np.int64)
+
+
+def _torch_openmp():
+    """``GOMP_parallel`` of the OpenMP runtime that runs torch's intra-op threads (Linux wheels ship it as
+    torch/lib/libgomp.so.1), or None where torch does not use GNU OpenMP's interface."""
+    if 'OpenMP' not in torch.__config__.parallel_info():
+        return None
+    bundled = os.path.join(os.path.dirname(torch.__file__), 'lib', 'libgomp.so.1')
+    try:  # already loaded by torch: dlopen returns that copy (by path, or by its soname)
+        run = ctypes.CDLL(bundled if os.path.exists(bundled) else 'libgomp.so.1').GOMP_parallel
+    except (OSError, AttributeError):
+        return None
+    run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    run.restype = None
+    return run
+
+
+_openmp_run = None
+_openmp_checked = False
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_key: Tuple[int, int] = (0, 0)
 _pool_lock = threading.Lock()
 
 
-def run_tasks(tasks: List[tuple], fn) -> None:
+def run_tasks(tasks: List[tuple], fn, entry=None) -> None:
     """Run ``fn(*task)`` for every task on ``torch.get_num_threads()`` threads, the caller one of them (inline for
     one thread). Each thread takes the next task from a shared counter until none is left: no task waits for a
-    thread the OS has descheduled, and the caller hands nothing out per task."""
+    thread the OS has descheduled, and the caller hands nothing out per task.
+
+    With ``entry`` (the task's cfunc, :data:`TASK_ENTRY`) and torch on GNU OpenMP, the threads are torch's own
+    OpenMP team: the kernels and torch's ops then take turns on the same threads, where two pools would each
+    leave threads spinning on the cores the other needs (a program that imported torch first, with libgomp's
+    default spin, ran DVMSR 2-3x slower). Otherwise a pool of Python threads runs them (numba releases the GIL)."""
     threads = min(torch.get_num_threads(), len(tasks))
     if threads <= 1:
         for task in tasks:
             fn(*task)
         return
-    global _pool, _pool_key
+    global _pool, _pool_key, _openmp_run, _openmp_checked
+    if entry is not None:
+        if not _openmp_checked:
+            _openmp_run, _openmp_checked = _torch_openmp(), True
+        if _openmp_run is not None:
+            table = task_table(tasks)
+            header = np.array([entry.address, len(tasks), table.shape[1], 0, table.ctypes.data], np.int64)
+            _openmp_run(_team_member.address, header.ctypes.data, threads, 0)
+            return
     with _pool_lock:
         key = (os.getpid(), threads - 1)  # a forked child has the object but not the threads
         if _pool is None or _pool_key != key:

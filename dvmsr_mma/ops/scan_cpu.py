@@ -30,6 +30,7 @@ from .numba_runtime import (
     FLAGS,
     MATH_FLAGS,
     SOURCE_KEY,
+    TASK_ENTRY,
     bases,
     channels_contiguous,
     exp32,
@@ -40,6 +41,9 @@ from .numba_runtime import (
     parts,
     prefetch_row,
     prefetch_row_for_write,
+    row_array,
+    row_array2,
+    row_array3,
     run_tasks,
     stack_f32,
 )
@@ -118,8 +122,8 @@ def _part_setup(A, a, bias, D, n, c0, w):
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(npad: int) -> Tuple[Callable, Callable]:
-    """The forward and backward part kernels with scratch for ``npad`` states (a multiple of STATE_MULTIPLE; the
+def _kernels(npad: int) -> Tuple[Callable, Callable, Callable, Callable]:
+    """The forward and backward part kernels (and their task entries) with scratch for ``npad`` states (a multiple of STATE_MULTIPLE; the
     loops run the real n). The scratch lives on the stack (:func:`~.numba_runtime.stack_f32`), whose sizes must
     be compile-time constants, and where the compiler knows no argument aliases it, so its loops vectorize.
     Compiled once per ``npad``, cached on disk."""
@@ -374,7 +378,31 @@ def _kernels(npad: int) -> Tuple[Callable, Callable]:
             g_D[batch, c0 + c] = gD64[c]
             g_bias[batch, c0 + c] = gbias64[c]
 
-    return forward_part, backward_part
+    @numba.cfunc(TASK_ENTRY, cache=True)
+    def forward_entry(row):
+        """:func:`forward_part` on a row of :func:`~.numba_runtime.task_table`."""
+        if key != SOURCE_KEY:  # never: the key is here for numba's cache index (see _kernels)
+            return
+        r, f = numba.carray(row, 31), np.float32
+        forward_part(row_array(r, 0, f), row_array(r, 2, f), row_array(r, 4, f), row_array(r, 6, f),
+                     row_array(r, 8, f), row_array(r, 10, f), row_array(r, 12, f), row_array2(r, 14, np.int64),
+                     row_array(r, 17, f), row_array(r, 19, f), row_array(r, 21, f), r[23], r[24], r[25], r[26], r[27],
+                     r[28], r[29] != 0, r[30] != 0)
+
+    @numba.cfunc(TASK_ENTRY, cache=True)
+    def backward_entry(row):
+        """:func:`backward_part` on a row of :func:`~.numba_runtime.task_table`."""
+        if key != SOURCE_KEY:
+            return
+        r, f = numba.carray(row, 50), np.float32
+        backward_part(row_array(r, 0, f), row_array(r, 2, f), row_array(r, 4, f), row_array(r, 6, f),
+                      row_array(r, 8, f), row_array(r, 10, f), row_array(r, 12, f), row_array(r, 14, f),
+                      row_array(r, 16, f), row_array(r, 18, f), row_array(r, 20, f), row_array(r, 22, f),
+                      row_array2(r, 24, np.int64), row_array(r, 27, f), row_array(r, 29, f), row_array(r, 31, f),
+                      row_array3(r, 33, np.float64), row_array2(r, 37, np.float64), row_array2(r, 40, np.float64),
+                      r[43], r[44], r[45], r[46], r[47], r[48], r[49] != 0)
+
+    return forward_part, backward_part, forward_entry, backward_entry
 
 
 def _part_tasks(b: int, d: int, groups: int, width: int) -> List[Tuple[int, int, int, int]]:
@@ -403,9 +431,9 @@ class _SelectiveScanTokens(torch.autograd.Function):
         y = u.new_empty(b, seqlen, d)
         arrays = (flat(u), flat(delta), flat(z), flat(B), flat(C), flat(y), flat(hc),
                   geometry([u, delta, z, B, C, y], seqlen, reverse), flat(A_t), flat(bias), flat(D32))
-        forward_part, _ = _kernels(_states_padded(n))
+        forward_part, _, forward_entry, _ = _kernels(_states_padded(n))
         run_tasks([(*arrays, i, c0, w, g, n, seqlen, delta_softplus, save)
-                   for i, c0, w, g in _part_tasks(b, d, groups, FORWARD_WIDTH)], forward_part)
+                   for i, c0, w, g in _part_tasks(b, d, groups, FORWARD_WIDTH)], forward_part, forward_entry)
         if save:
             ctx.save_for_backward(u, delta, B, C, z, hc, A_t, bias, D32)
             ctx.options = (delta_softplus, reverse, A.dtype, None if D is None else D.dtype,
@@ -433,9 +461,9 @@ class _SelectiveScanTokens(torch.autograd.Function):
         common = (flat(u), flat(delta), flat(z), flat(B), flat(C), flat(gout), flat(hc), flat(g_u), flat(g_delta),
                   flat(g_z))
         tail = (geo, flat(A_t), flat(bias), flat(D32), g_A.numpy(), g_D.numpy(), g_bias.numpy())
-        _, backward_part = _kernels(_states_padded(n))
+        _, backward_part, _, backward_entry = _kernels(_states_padded(n))
         run_tasks([(*common, flat(g_Bp[k % per_batch]), flat(g_Cp[k % per_batch]), *tail, i, c0, w, g, n, seqlen,
-                    delta_softplus) for k, (i, c0, w, g) in enumerate(tasks)], backward_part)
+                    delta_softplus) for k, (i, c0, w, g) in enumerate(tasks)], backward_part, backward_entry)
 
         g_B, g_C = (_sum_parts(x, tasks[:per_batch], groups) for x in (g_Bp, g_Cp))
         return (g_u, g_delta, g_A.sum(0).t().to(A_dtype), g_B, g_C, None if D_dtype is None else g_D.sum(0).to(D_dtype),
