@@ -35,7 +35,10 @@ benchmark had printed 1.139 s, and c729c87's forward later came out at 0.84 s ag
   cores doubles every figure, the baseline's and the current code's alike, so ratios survive and absolute times do
   not, and a child's best of 2 or 3 runs does not escape a neighbour that lasts as long as the child. The old
   figures (7ffb991's forward 1.54 s against 0.84 s for c729c87 later, 9cc0b7e's step 1.139 s against the outside
-  harness's 0.8 s: 1.4-1.8x) have that signature, and the old benchmark could not show it. Now a run in which
+  harness's 0.8 s: 1.4-1.8x) have that signature, and the old benchmark could not show it. 9cc0b7e's step, timed
+  again the same way: 1.57-1.66 s in runs beside 1.0 core of other work, 0.82 s in the one run beside none, and
+  0.71 s best (0.75 s median) in plain_time.py run just after; with torch imported first (libgomp's long spin)
+  the runs beside 0.7-1.4 cores of other work took 1.3-8.9 s. Now a run in which
   others used more than a quarter of a core is "disturbed": a child keeps its best undisturbed run, a quiet round
   with a disturbed side is run again (``--retries``), each line prints the load during its figures, and the run
   ends with a warning for every quiet figure that was not quiet and the load over the whole run.
