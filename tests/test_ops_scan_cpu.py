@@ -79,7 +79,10 @@ def test_nan_propagates_as_in_torch():
     assert torch.equal(out.isnan(), ref.isnan()) and out[0, 1].isnan().all() and not out[0, 0].isnan().any()
 
 
-def test_exp_is_torch_exp_to_two_ulp():
+@pytest.mark.parametrize('scalef', sorted({False, numba_runtime.SCALEF}))
+def test_exp_is_torch_exp_to_two_ulp(monkeypatch, scalef):
+    """Both forms of 2^k: two exponent fields (any x86-64), vscalefps (AVX-512 hosts)."""
+    monkeypatch.setattr(numba_runtime, 'SCALEF', scalef)  # read when a caller compiles
     exp = numba.njit(lambda x: numba_runtime.exp32(x))
     x = torch.cat([torch.linspace(-110, 90, 20001), torch.tensor([0., -0., -1e-8, 1e-8, 88.72, -87.34, -103.9])])
     got = torch.tensor([exp(numba.float32(v)) for v in x.tolist()])
