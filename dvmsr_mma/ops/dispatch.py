@@ -310,7 +310,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         from .scan_triton import selective_scan_triton
         return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if path == 'numba':
-        from .scan_cpu import selective_scan_cpu
+        from .scan_lanes import selective_scan_cpu
         return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if path == 'graph':
         from .scan_graph import selective_scan_graph
