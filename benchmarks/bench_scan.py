@@ -4,12 +4,14 @@
 
 Reference ("landed"): ``selective_scan_torch`` of commit a331bce, read from this repository's git history, as it
 was before the numba scan. Also measured: the current PyTorch path (the fallback without numba), the numba CPU
-scan (``dvmsr_mma.ops.scan_cpu``), mambapy's parallel scan where ``mambapy`` is installed (the published
-pure-PyTorch peer), a plain step loop on the small grid, and the CUDA kernel on ``--device cuda``. Every case
-calls the scan as DVMSR does (D, the z gate, delta_bias, softplus). Times are the best of a few runs; peak memory
-is the growth of the resident set over one no-grad forward in a fresh process (VmHWM reset through
-/proc/self/clear_refs, Linux); "under load" runs with two busy-loop processes beside it. ``dvmsr_mma`` is
-imported before torch, as in a ``basicsr`` command, so torch's OpenMP threads spin as the package sets them
+scan behind the (b, d, l) API (``dvmsr_mma.ops.scan_lanes``), mambapy's parallel scan where ``mambapy`` is
+installed (the published pure-PyTorch peer), a plain step loop on the small grid, and the CUDA kernel on
+``--device cuda``. Every case calls the scan as DVMSR does (D, the z gate, delta_bias, softplus). Times are the
+best of a few runs; transient memory is the growth of the resident set over one forward in a fresh process
+(VmHWM reset through /proc/self/clear_refs, Linux; MALLOC_MMAP_THRESHOLD_ so that glibc returns each large block
+at its free), less the output, without grad and with inputs that require it (what the forward keeps for the
+backward counts); "under load" runs with two busy-loop processes beside it. ``dvmsr_mma`` is imported before
+torch, as in a ``basicsr`` command, so torch's OpenMP threads spin as the package sets them
 (``dvmsr_mma/__init__.py``); the DVMSR under-load case is also run in a child with libgomp's default spin.
 """
 import argparse
@@ -67,8 +69,8 @@ def implementations(device):
     if landed is not None:
         impls['landed'] = landed
     impls['torch'] = scan_mod.selective_scan_torch
-    if device == 'cpu' and probe('dvmsr_mma.ops.scan_cpu') is not None:
-        from dvmsr_mma.ops.scan_cpu import selective_scan_cpu
+    if device == 'cpu' and probe('dvmsr_mma.ops.scan_lanes') is not None:
+        from dvmsr_mma.ops.scan_lanes import selective_scan_cpu
         impls['numba'] = selective_scan_cpu
     if device == 'cuda' and probe('selective_scan_cuda') is not None:
         impls['kernel'] = selective_scan
@@ -129,21 +131,25 @@ def status_kb(field):
     with open('/proc/self/status') as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ':'))
 
-xs = bench_scan.make({b}, {d}, {l}, {n}, 'cpu', False)
-torch.set_grad_enabled(False)
-impl(*[x[..., :64] if x.dim() == 3 else x for x in xs], delta_softplus=True)  # warm-up (and compilation)
+xs = bench_scan.make({b}, {d}, {l}, {n}, 'cpu', {grad})
+torch.set_grad_enabled({grad})
+impl(*[x[..., :64].detach().requires_grad_({grad}) if x.dim() == 3 else x for x in xs],
+     delta_softplus=True)  # warm-up (and compilation)
 before = status_kb('VmRSS')
 with open('/proc/self/clear_refs', 'w') as f:
     f.write('5')  # reset the peak (VmHWM) to the current RSS, so import-time peaks do not hide the forward's
 y = impl(*xs, delta_softplus=True)
-print((status_kb('VmHWM') - before) / 1024)
+print((status_kb('VmHWM') - before) / 1024 - y.numel() * y.element_size() / 2**20)
 """
 
 
-def peak_rss_child(name, b, d, l, n):
-    """Peak extra resident memory (MB) of one no-grad forward in a fresh process, output included."""
-    code = PEAK_RSS_CHILD.format(here=os.path.dirname(os.path.abspath(__file__)), name=name, b=b, d=d, l=l, n=n)
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+def transient_mb_child(name, b, d, l, n, grad):
+    """Peak resident memory (MB) one forward adds beyond its output, in a fresh process; ``grad``: inputs that
+    require grad (what a forward keeps for the backward counts, as it stays until then)."""
+    code = PEAK_RSS_CHILD.format(here=os.path.dirname(os.path.abspath(__file__)), name=name, b=b, d=d, l=l, n=n,
+                                 grad=grad)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 16))  # large blocks go back to the OS at their free
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -214,9 +220,12 @@ def main():
     both = dict(fast, **({'mambapy': impls['mambapy']} if 'mambapy' in impls else {}))
     report('fwd+bwd b=4 d=120 l=4096 ', {k: time_scan(f, 4, 120, 4096, n, device, True, 5) for k, f in both.items()})
     if device == 'cpu':
-        mem = {k: peak_rss_child(k, 1, 120, 65536, n) for k in long}
-        print('peak extra RSS, no-grad fwd b=1 d=120 l=65536 (output included): '
-              + '  '.join(f'{k} {mb:.0f} MB' for k, mb in mem.items()), flush=True)
+        for grad in (False, True):
+            mem = {k: transient_mb_child(k, 1, 120, 65536, n, grad) for k in long}
+            ref = mem.get('landed')
+            print(f'transient memory beyond y (31.5 MB), fwd b=1 d=120 l=65536, {"grad" if grad else "no grad"}: '
+                  + '  '.join(f'{k} {mb:.1f} MB' + (f' ({mb / ref:.2f}x)' if ref and k != 'landed' else '')
+                              for k, mb in mem.items()), flush=True)
 
     if not args.quick:
         print('\n== grid (b=1, n=16) ==')

@@ -48,7 +48,7 @@ __all__ = ['selective_scan_cpu']
 # y's 31.5 MB (32 steps would double it; longer blocks grow the stack scratch past L1).
 CHECKPOINT_STEPS = 64
 STATE_MULTIPLE = 16  # scratch rows are sized for the states rounded up to this (A = B = C = 0 there: no effect)
-LANES = 8  # lanes per task: the transposed B and C block serves all of them
+LANES = 16  # lanes per task at most: the transposed B and C block serves all of them
 # The backward's B and C gradients are summed per task into one (b, g, n, l) slice each: wider tasks where the
 # slices of all tasks would pass this many elements (64 MB in fp32) per gradient.
 PARTIAL_ELEMENTS = 1 << 24
@@ -419,11 +419,14 @@ def _states_padded(n: int) -> int:
 
 
 def _lane_tasks(b: int, d: int, groups: int, lanes: int) -> List[Tuple[int, int, int, int, int]]:
-    """(batch, group, first channel, end channel, part) for every run of at most ``lanes`` channels of a group;
-    ``part`` numbers the runs of a (batch, group) from 0. Depends on the shapes only."""
+    """(batch, group, first channel, end channel, part) for the fewest runs of at most ``lanes`` channels that
+    cover each group, as even as they can be; ``part`` numbers the runs of a (batch, group) from 0. Depends on the
+    shapes only."""
     per_group = d // groups
-    return [(i, g, g * per_group + c0, g * per_group + min(c0 + lanes, per_group), p) for i in range(b)
-            for g in range(groups) for p, c0 in enumerate(range(0, per_group, lanes))]
+    count = -(-per_group // lanes)
+    bounds = [g * per_group + p * per_group // count for g in range(groups) for p in range(count + 1)]
+    return [(i, g, bounds[g * (count + 1) + p], bounds[g * (count + 1) + p + 1], p) for i in range(b)
+            for g in range(groups) for p in range(count)]
 
 
 def _backward_lanes(b: int, d: int, groups: int, n: int, seqlen: int) -> int:
