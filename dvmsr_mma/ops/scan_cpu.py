@@ -56,6 +56,7 @@ STATE_MULTIPLE = 16  # scratch rows are sized for the states rounded up to this 
 FORWARD_WIDTH = 64  # channels per forward task: whole rows of DVMSR's 120 and MMA-T's 96 channels in 2 tasks
 BACKWARD_WIDTH = 32  # per backward task: its chunk of states and decays (33 + 32 rows of n x 32) stays in L2
 LANES = 16  # channels per vector block: one AVX-512 register, two AVX2 ones
+LANES = 16  # channels per vector block (one AVX-512 register, two AVX2 ones)
 AHEAD = 16  # steps: rows are prefetched this far ahead in scan order (see numba_runtime.prefetch)
 
 # the rows of numba_runtime.geometry, one per tensor the kernels read or write
@@ -142,12 +143,12 @@ def _kernels(npad: int) -> Tuple[Callable, Callable, Callable, Callable]:
         has_z, has_d = z.shape[0] > 0, D.shape[0] > 0
         nchunks = (seqlen + K - 1) // K
         h = numba.carray(stack_f32(f_states), (npad, fw))
-        dec = numba.carray(stack_f32(f_states), (npad, fw))
         a = numba.carray(stack_f32(f_states), (npad, fw))
         dts, us = numba.carray(stack_f32(f_chunk), (K, fw)), numba.carray(stack_f32(f_chunk), (K, fw))
         accs, gates = numba.carray(stack_f32(f_chunk), (K, fw)), numba.carray(stack_f32(f_chunk), (K, fw))
         du, d_r = numba.carray(stack_f32(fw), fw), numba.carray(stack_f32(fw), fw)
-        for x in (h, dec, a):  # channels w.. of a row stay 0 (A, dt, u, h), so whole-row loops can run them
+        wv = -(-w // LANES) * LANES  # whole vectors: the channels past w are 0
+        for x in (h, a):  # channels w.. of a row stay 0 (A, dt, u, h), so whole-vector loops can run them
             x[:] = np.float32(0.0)
         for x in (dts, us, accs, gates):
             x[:] = np.float32(0.0)
@@ -182,27 +183,24 @@ def _kernels(npad: int) -> Tuple[Callable, Callable, Callable, Callable]:
                         prefetch_row(z, pz + tn * sz, w)
                 br, cr = numba.carray(f32_at(Bm, pb + t * sb), n), numba.carray(f32_at(Cm, pc + t * sc), n)
                 dt, acc, u_s = dts[s], accs[s], us[s]
-                for c in range(fw):
-                    du[c] = dt[c] * u_s[c]
-                    acc[c] = np.float32(0.0)
-                for i in range(n):  # the decays first: exps with no dependence between them
-                    ai, di = a[i], dec[i]
-                    for c in range(fw):  # whole rows (a constant count: no scalar tail; the channels past w are 0)
-                        di[c] = exp32(dt[c] * ai[c])
-                for i in range(n):
-                    bv, cv = br[i], cr[i]
-                    hi, di = h[i], dec[i]
-                    for c in range(fw):
-                        v = di[c] * hi[c] + du[c] * bv
-                        hi[c] = v
-                        acc[c] += v * cv
+                for c0 in range(0, wv, LANES):  # a vector of channels at a time, through every state
+                    for c in range(c0, c0 + LANES):
+                        du[c] = dt[c] * u_s[c]
+                        acc[c] = np.float32(0.0)
+                    for i in range(n):
+                        bv, cv = br[i], cr[i]
+                        ai, hi = a[i], h[i]
+                        for c in range(c0, c0 + LANES):
+                            v = exp32(dt[c] * ai[c]) * hi[c] + du[c] * bv
+                            hi[c] = v
+                            acc[c] += v * cv
             if has_z:
                 _gate_rows(z, pz + t0 * sz, sz, steps, w, gates, gates, gates, False)
             for s in range(steps):
                 acc, yr = accs[s], numba.carray(f32_at(y, py + (t0 + s) * sy), w)
                 if has_d:
                     u_s = us[s]
-                    for c in range(fw):
+                    for c in range(wv):
                         acc[c] += d_r[c] * u_s[c]
                 if has_z:
                     gate = gates[s]
