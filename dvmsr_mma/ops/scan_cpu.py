@@ -183,14 +183,14 @@ def _kernels(npad: int) -> Tuple[Callable, Callable, Callable, Callable]:
                         prefetch_row(z, pz + tn * sz, w)
                 br, cr = numba.carray(f32_at(Bm, pb + t * sb), n), numba.carray(f32_at(Cm, pc + t * sc), n)
                 dt, acc, u_s = dts[s], accs[s], us[s]
-                for c0 in range(0, wv, LANES):  # a vector of channels at a time, through every state
-                    for c in range(c0, c0 + LANES):
+                for v0 in range(0, wv, LANES):  # a vector of channels at a time, through every state
+                    for c in range(v0, v0 + LANES):
                         du[c] = dt[c] * u_s[c]
                         acc[c] = np.float32(0.0)
                     for i in range(n):
                         bv, cv = br[i], cr[i]
                         ai, hi = a[i], h[i]
-                        for c in range(c0, c0 + LANES):
+                        for c in range(v0, v0 + LANES):
                             v = exp32(dt[c] * ai[c]) * hi[c] + du[c] * bv
                             hi[c] = v
                             acc[c] += v * cv
