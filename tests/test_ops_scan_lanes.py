@@ -197,3 +197,15 @@ def test_dispatch_takes_the_lane_kernel(monkeypatch):
     with torch.no_grad():
         selective_scan(*inputs, delta_softplus=True)
     assert calls == [1]
+
+
+@pytest.mark.parametrize('b, l', [(2, 0), (0, 5)])
+def test_tensors_without_elements(b, l):
+    """No steps or no batch: an empty y, and zero gradients of the right shapes."""
+    inputs = make_inputs(b, 4, 3, l, 0, True, True, True)
+    for x in inputs:
+        x.requires_grad_(True)
+    out = scan_lanes.selective_scan_cpu(*inputs, delta_softplus=True)
+    assert out.shape == (b, 4, l)
+    for x, g in zip(inputs, torch.autograd.grad(out.sum(), inputs)):
+        assert g.shape == x.shape and not g.any()

@@ -444,7 +444,9 @@ def _strides(tensors: List[Optional[torch.Tensor]]) -> np.ndarray:
 
 
 def _sum_batches(x: torch.Tensor) -> torch.Tensor:
-    """x.sum(0), added in batch order (a reduction of a few rows may be split by thread count)."""
+    """x.sum(0), added in batch order (a reduction of a few rows may be split by thread count); zeros for b = 0."""
+    if len(x) == 0:
+        return x.sum(0)
     total = x[0].clone()
     for row in x[1:]:
         total += row
