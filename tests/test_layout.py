@@ -121,5 +121,5 @@ def test_the_graph_sees_imports():
     edges = graph()
     assert 'dvmsr_mma.ops.dispatch' in edges['dvmsr_mma.archs.mamba_block'] or \
         'dvmsr_mma.ops' in edges['dvmsr_mma.archs.mamba_block']
-    assert 'dvmsr_mma.ops.scan_inputs' in edges['dvmsr_mma.ops.scan_cpu']
+    assert 'dvmsr_mma.ops.scan_inputs' in edges['dvmsr_mma.ops.scan_lanes']
     assert 'dvmsr_mma.tools.infer' in edges['dvmsr_mma.infer']

@@ -10,6 +10,7 @@ from test_ops_scan import OPTIONAL_CASES, assert_grads_match, case_inputs, make_
 
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
 from dvmsr_mma.ops import force_torch_ops, selective_scan
+from dvmsr_mma.ops.scan_inputs import checked_b_c
 
 numba = pytest.importorskip('numba', reason='the numba CPU scan is optional (pip install numba)')
 scan_cpu = pytest.importorskip('dvmsr_mma.ops.scan_cpu')
@@ -17,11 +18,22 @@ numba_runtime = sys.modules['dvmsr_mma.ops.numba_runtime']
 scan_mod = sys.modules['dvmsr_mma.ops.scan_torch']
 
 
+def tokens_on_bdl(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The token-major kernel on transposed views of (b, d, l) inputs (B and C (b, n, l), (b, g, n, l) or
+    time-invariant), so the reference cases of test_ops_scan.py run on it; y back as (b, d, l)."""
+    B, C = checked_b_c(u, delta, A, B, C, D, z, delta_bias)
+    B4, C4 = (x.unsqueeze(1) if x.dim() == 3 else x for x in (B, C))  # (b, g, n, l)
+    y = scan_cpu.selective_scan_tokens_cpu(u.transpose(1, 2), delta.transpose(1, 2), A, B4.permute(0, 3, 1, 2),
+                                           C4.permute(0, 3, 1, 2), D, None if z is None else z.transpose(1, 2),
+                                           delta_bias, delta_softplus)
+    return y.transpose(1, 2)
+
+
 def check_against_reference(inputs, softplus):
     for x in inputs:
         if x is not None:
             x.requires_grad_(True)
-    out = scan_cpu.selective_scan_cpu(*inputs, delta_softplus=softplus)
+    out = tokens_on_bdl(*inputs, delta_softplus=softplus)
     ref = reference_scan(*inputs, delta_softplus=softplus)
     assert out.dtype == inputs[0].dtype and out.shape == inputs[0].shape
     assert rel_err(out, ref) < 1e-4
@@ -43,7 +55,7 @@ def test_many_parts_and_checkpoints():
 def test_time_invariant_b_c():
     u, delta, A, B, C, D, z, bias = make_inputs(2, 4, 3, 70, 0, True, True, True, seed=4)
     B_const = torch.randn(4, 3, generator=torch.Generator().manual_seed(5), requires_grad=True)
-    out = scan_cpu.selective_scan_cpu(u, delta, A, B_const, C, D, z, bias, True)
+    out = tokens_on_bdl(u, delta, A, B_const, C, D, z, bias, True)
     ref = reference_scan(u, delta, A, B_const.double()[None, :, :, None].expand(2, 4, 3, 70), C[:, None], D, z, bias,
                          True)
     assert rel_err(out, ref) < 1e-4
@@ -55,7 +67,7 @@ def test_time_invariant_b_c():
 def test_matches_torch_path_closely():
     inputs = make_inputs(2, 6, 16, 500, 0, True, True, True, seed=6)
     with torch.no_grad():
-        fast = scan_cpu.selective_scan_cpu(*inputs, delta_softplus=True)
+        fast = tokens_on_bdl(*inputs, delta_softplus=True)
         with force_torch_ops():
             slow = selective_scan(*inputs, delta_softplus=True)
     assert (fast - slow).abs().max() < 1e-5 * slow.abs().max()
@@ -64,7 +76,7 @@ def test_matches_torch_path_closely():
 def test_half_input_returns_input_dtype():
     inputs = make_inputs(1, 4, 3, 20, 0, True, True, False)
     inputs = [x.to(torch.bfloat16) if x is not None and x.dim() == 3 else x for x in inputs]
-    out = scan_cpu.selective_scan_cpu(*inputs)
+    out = tokens_on_bdl(*inputs)
     assert out.dtype == torch.bfloat16
     assert rel_err(out.float(), reference_scan(*inputs)) < 2e-2
 
@@ -73,7 +85,7 @@ def test_nan_propagates_as_in_torch():
     inputs = make_inputs(1, 2, 3, 9, 0, False, False, False)
     inputs[2][1, 0] = float('nan')  # one entry of A: the exp of NaN must not come out as a number
     with torch.no_grad():
-        out = scan_cpu.selective_scan_cpu(*inputs)
+        out = tokens_on_bdl(*inputs)
         with force_torch_ops():
             ref = selective_scan(*inputs)
     assert torch.equal(out.isnan(), ref.isnan()) and out[0, 1].isnan().all() and not out[0, 0].isnan().any()

@@ -6,17 +6,28 @@ u, delta, z, B and C where they lie (any batch and time strides, unit channel st
 slices of x_dbl as they are) and writes y as ``out_proj`` reads it, so the mixer makes no transposed or
 contiguous copies between its matmuls (ggml's ``ssm_scan`` works the same way). A reverse scan (the backward
 branch of MMA's bidirectional mixer) walks time from the end with a negative time stride: no flipped copies.
-The mixer calls :func:`selective_scan_tokens` directly rather than handing transposed views to the (b, d, l)
-API, because a reversed sequence is not a view torch can express; :func:`selective_scan_cpu` serves that API
-by transposing (copies, as any caller of it already has (b, d, l) tensors).
+The mixer calls :func:`selective_scan_tokens` directly; the (b, d, l) API has its own kernel, which reads that
+layout in place (:mod:`.scan_lanes`).
 
-Vectorized over channels: every step computes softplus(delta + bias) and the gate for a row of channels, then
-the n decays exp(dt A), then the states, with fp32 state, h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, no division
-by decays, no clamping, any length. The work is cut into tasks of (batch, part of the channels) that numba runs
-without barriers (:func:`~.numba_runtime.run_tasks`). The parts depend on the shapes only, so the results,
-gradients included, do not depend on the thread count. The backward runs the adjoint recurrence in reverse,
-a chunk of :data:`CHECKPOINT_STEPS` steps at a time, recomputing each chunk's states from the state the
-forward saved at its start (O(b d n l / 32) memory, never O(b d n l)).
+Vectorized over channels, fp32 state, h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, no division by decays, no
+clamping, any length. The work is cut into tasks of (batch, part of the channels) that run without barriers
+(:func:`~.numba_runtime.run_tasks`); the parts depend on the shapes only, so the results, gradients included,
+do not depend on the thread count. Both passes go K = :data:`CHECKPOINT_STEPS` steps at a time: first the chunk's
+rows of dt = softplus(delta + bias), u and the gate, then the recurrence.
+
+What a state update (one step, channel and state) costs:
+
+* forward: one exp (about 13 vector instructions for 16 lanes, the bulk of the time) and two multiply-adds (the
+  state and the output's sum over states);
+* backward: the chunk's states are recomputed from the state the forward saved at its start (the forward's work
+  again; its decays are kept for the reverse pass), then the adjoint recurrence runs in reverse: g = g_h +
+  C gy, dC += gy h_t, d(dt u) += B g, dB += (dt u) g, g_h = g exp(dt A), q = g_h h_{t-1}, d(dt) += A q,
+  dA += dt q: eight multiply-adds and no exp. That is the least work for these gradients in O(b d n l / K)
+  memory: saving every state instead of recomputing would need O(b d n l).
+
+So the backward costs a forward plus about two thirds of one (measured: ``benchmarks/bench_mixer.py``). Every
+channel loop runs whole vectors of stack scratch (channels past a part's width are zero there); the input rows
+are copied to the stack once and each output row written once, from the stack.
 """
 import functools
 import math
@@ -47,9 +58,8 @@ from .numba_runtime import (
     run_tasks,
     stack_f32,
 )
-from .scan_inputs import checked_b_c
 
-__all__ = ['selective_scan_tokens_cpu', 'selective_scan_cpu']
+__all__ = ['selective_scan_tokens_cpu']
 
 CHECKPOINT_STEPS = 32  # the forward keeps the state before every 32 steps for the backward
 STATE_MULTIPLE = 16  # scratch rows are sized for the states rounded up to this (one compiled kernel for n <= 16)
@@ -502,14 +512,3 @@ def selective_scan_tokens_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Ten
     B4, C4 = (channels_contiguous(x.unsqueeze(2) if x.dim() == 3 else x) for x in (B, C))  # (b, l, g, n)
     y = _SelectiveScanTokens.apply(u32, delta32, A, B4, C4, D, z32, delta_bias, delta_softplus, reverse)
     return y.to(u.dtype)
-
-
-def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """The numba scan behind ``selective_scan`` (b, d, l): the token-major kernel on transposed copies, the
-    result contiguous (b, d, l) as the CUDA kernel returns it."""
-    B, C = checked_b_c(u, delta, A, B, C, D, z, delta_bias)
-    B4, C4 = (x.unsqueeze(1) if x.dim() == 3 else x for x in (B, C))  # (b, g, n, l)
-    y = selective_scan_tokens_cpu(u.transpose(1, 2), delta.transpose(1, 2), A, B4.permute(0, 3, 1, 2),
-                                  C4.permute(0, 3, 1, 2), D, None if z is None else z.transpose(1, 2), delta_bias,
-                                  delta_softplus)
-    return y.transpose(1, 2).contiguous()
