@@ -73,6 +73,17 @@ AHEAD = 16  # steps: rows are prefetched this far ahead in scan order (see numba
 U, DELTA, Z, B_, C_, Y, GOUT, GU, GDELTA, GZ, GB, GC = range(12)
 
 
+@numba.njit(error_model='numpy')
+def _row_offsets(p0, stride, steps):
+    """p0 + s stride for each step, read back from memory by the row loops: where the compiler can see the rows as
+    p0 + s stride, it checks them for overlap with the output over the whole chunk at once, and for a negative
+    stride (a reverse scan) it cannot tell, and ran the rows unvectorized (a reverse scan took twice as long)."""
+    offsets = np.empty(steps, np.int64)
+    for s in range(steps):
+        offsets[s] = p0 + s * stride
+    return offsets
+
+
 # Helpers are not cached on their own: compiled into each kernel, they are cached with it (and its source key). They
 # take a chunk of rows per call: a call costs the kernel its vector registers (spilled and reloaded around it), which
 # per step was a fifth of the backward.
@@ -81,8 +92,9 @@ def _dt_rows(delta, p0, stride, steps, bias, w, softplus, dt, slope, with_slope)
     """dt[s, :w] = softplus(delta + bias) (or delta + bias) for ``steps`` rows of ``delta`` (offsets p0 + s stride);
     softplus(x) = max(x, 0) + log1p(exp(-|x|)), within 3 ulp of torch's. ``with_slope``: its derivative
     sigmoid(x) in ``slope`` (for the backward)."""
+    offsets = _row_offsets(p0, stride, steps)
     for s in range(steps):
-        row, dr, sr = numba.carray(f32_at(delta, p0 + s * stride), w), dt[s], slope[s]
+        row, dr, sr = numba.carray(f32_at(delta, offsets[s]), w), dt[s], slope[s]
         if softplus:
             for c in range(w):
                 x = row[c] + bias[c]
@@ -102,8 +114,9 @@ def _dt_rows(delta, p0, stride, steps, bias, w, softplus, dt, slope, with_slope)
 def _gate_rows(z, p0, stride, steps, w, gate, sig, zs, keep):
     """silu(z) = z sigmoid(z) in gate[s, :w] for ``steps`` rows of ``z``; ``keep``: sigmoid(z) in ``sig`` and z in
     ``zs`` too (for the gradient)."""
+    offsets = _row_offsets(p0, stride, steps)
     for s in range(steps):
-        row, gr = numba.carray(f32_at(z, p0 + s * stride), w), gate[s]
+        row, gr = numba.carray(f32_at(z, offsets[s]), w), gate[s]
         for c in range(w):
             zz = row[c]
             sg = np.float32(1.0) / (np.float32(1.0) + exp32(-zz))
@@ -116,8 +129,9 @@ def _gate_rows(z, p0, stride, steps, w, gate, sig, zs, keep):
 @numba.njit(error_model='numpy')
 def _copy_rows(x, p0, stride, steps, w, out):
     """out[s, :w] = the ``steps`` rows of ``x`` at offsets p0 + s stride."""
+    offsets = _row_offsets(p0, stride, steps)
     for s in range(steps):
-        row, o = numba.carray(f32_at(x, p0 + s * stride), w), out[s]
+        row, o = numba.carray(f32_at(x, offsets[s]), w), out[s]
         for c in range(w):
             o[c] = row[c]
 
