@@ -433,7 +433,8 @@ def test_ops_imports_point_one_way():
     circles = [m for m in graph if reaches(m, m)]
     assert circles == [], {m: graph[m] for m in circles}
     implementations = set(graph) - {'dispatch'}
-    assert implementations >= {'scan_torch', 'conv_torch', 'scan_cpu', 'scan_lanes', 'conv_cpu', 'scan_triton', 'scan_graph'}
+    assert implementations >= {'scan_torch', 'conv_torch', 'scan_cpu', 'scan_lanes', 'conv_cpu', 'scan_triton',
+                               'scan_graph'}
     for implementation in implementations:  # one module decides; the others import nothing from it
         assert 'dispatch' not in graph[implementation], implementation
 

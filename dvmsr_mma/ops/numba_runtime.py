@@ -165,7 +165,8 @@ def exp32(typingctx, x):
         e = builder.fadd(mul_add(builder.fmul(p, r, flags=flags), r, r), const(1.0), flags=flags)
         ki = builder.fptosi(k, i32)
         if SCALEF:  # e 2^k in one instruction (vscalefps), denormals and overflow included
-            ldexp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32, i32]), 'llvm.ldexp.f32.i32')
+            ldexp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32, i32]),
+                                                   'llvm.ldexp.f32.i32')
             return builder.call(ldexp, [e, ki])
         k1 = builder.ashr(ki, ir.Constant(i32, 1))
         k2 = builder.sub(ki, k1)

@@ -66,8 +66,6 @@ STATE_MULTIPLE = 16  # scratch rows are sized for the states rounded up to this 
 FORWARD_WIDTH = 64  # channels per forward task: whole rows of DVMSR's 120 and MMA-T's 96 channels in 2 tasks
 BACKWARD_WIDTH = 32  # per backward task: its chunk of states and decays (33 + 32 rows of n x 32) stays in L2
 LANES = 16  # channels per vector block: one AVX-512 register, two AVX2 ones
-LANES = 16  # channels per vector block (one AVX-512 register, two AVX2 ones)
-AHEAD = 16  # steps: rows are prefetched this far ahead in scan order (see numba_runtime.prefetch)
 
 # the rows of numba_runtime.geometry, one per tensor the kernels read or write
 U, DELTA, Z, B_, C_, Y, GOUT, GU, GDELTA, GZ, GB, GC = range(12)
@@ -148,12 +146,13 @@ def _part_setup(A, a, bias, D, n, c0, w):
 
 @functools.lru_cache(maxsize=None)
 def _kernels(npad: int) -> Tuple[Callable, Callable, Callable, Callable]:
-    """The forward and backward part kernels (and their task entries) with scratch for ``npad`` states (a multiple of STATE_MULTIPLE; the
-    loops run the real n). The scratch lives on the stack (:func:`~.numba_runtime.stack_f32`), whose sizes must
-    be compile-time constants, and where the compiler knows no argument aliases it, so its loops vectorize.
-    Compiled once per ``npad``, cached on disk."""
+    """The forward and backward part kernels (and their task entries) with scratch for ``npad`` states (a multiple of
+    STATE_MULTIPLE; the loops run the real n). The scratch lives on the stack (:func:`~.numba_runtime.stack_f32`),
+    whose sizes must be compile-time constants, and where the compiler knows no argument aliases it, so its loops
+    vectorize. Rows are prefetched a chunk ahead, in the order the next chunk will read them. Compiled once per
+    ``npad``, cached on disk."""
     key = SOURCE_KEY
-    fw, bw, K, ahead = FORWARD_WIDTH, BACKWARD_WIDTH, CHECKPOINT_STEPS, AHEAD
+    fw, bw, K = FORWARD_WIDTH, BACKWARD_WIDTH, CHECKPOINT_STEPS
     f_states, f_chunk, b_states, b_chunk = npad * fw, K * fw, npad * bw, K * bw
     b_chunk_states, b_chunk_decays = (K + 1) * npad * bw, K * npad * bw
 
@@ -259,8 +258,9 @@ def _kernels(npad: int) -> Tuple[Callable, Callable, Callable, Callable]:
         a, gh = numba.carray(stack_f32(b_states), (npad, bw)), numba.carray(stack_f32(b_states), (npad, bw))
         ga = numba.carray(stack_f32(b_states), (npad, bw))
         gy, gdu, gda = numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw)
-        d_r, gD_c, gbias_c = numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw)
-        gu_r, gdel_r, gz_r = numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw)
+        d_r, gD_c = numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw)
+        gbias_c, gu_r = numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw)
+        gdel_r, gz_r = numba.carray(stack_f32(bw), bw), numba.carray(stack_f32(bw), bw)
         ga64 = np.zeros((n, w), np.float64)
         gD64, gbias64 = np.zeros(w, np.float64), np.zeros(w, np.float64)
         for x in (hs, dec):
