@@ -20,7 +20,6 @@ from .numba_runtime import (
     EMPTY1,
     MATH_FLAGS,
     SOURCE_KEY,
-    TASK_ENTRY,
     bases,
     channels_contiguous,
     exp32,
@@ -32,6 +31,7 @@ from .numba_runtime import (
     row_array2,
     run_tasks,
     stack_f32,
+    task_entry,
 )
 
 __all__ = ['causal_conv1d_tokens_cpu']
@@ -153,27 +153,27 @@ def _kernels():
             for c in range(w):
                 g_b[task, c0 + c] = gb64[c]
 
-    @numba.cfunc(TASK_ENTRY, cache=True)
+    # the entries call their kernel by the global name ``kernel`` (see task_entry); they close over ints only
     def forward_entry(row):
         """:func:`forward_block` on a row of :func:`~.numba_runtime.task_table`."""
         if key != SOURCE_KEY:  # never: the key is here for numba's cache index
             return
         r, f = numba.carray(row, 23), np.float32
-        forward_block(row_array(r, 0, f), row_array(r, 2, f), row_array(r, 4, f), row_array(r, 6, f),
-                      row_array(r, 8, f), row_array(r, 10, f), row_array2(r, 12, np.int64), r[15], r[16], r[17], r[18],
-                      r[19], r[20], r[21] != 0, r[22] != 0)
+        kernel(row_array(r, 0, f), row_array(r, 2, f), row_array(r, 4, f), row_array(r, 6, f),  # noqa: F821
+               row_array(r, 8, f), row_array(r, 10, f), row_array2(r, 12, np.int64), r[15], r[16], r[17], r[18],
+               r[19], r[20], r[21] != 0, r[22] != 0)
 
-    @numba.cfunc(TASK_ENTRY, cache=True)
     def backward_entry(row):
         """:func:`backward_block` on a row of :func:`~.numba_runtime.task_table`."""
         if key != SOURCE_KEY:
             return
         r, f = numba.carray(row, 24), np.float32
-        backward_block(row_array(r, 0, f), row_array(r, 2, f), row_array(r, 4, f), row_array(r, 6, f),
-                       row_array2(r, 8, np.float64), row_array2(r, 11, np.float64), row_array2(r, 14, np.int64), r[17],
-                       r[18], r[19], r[20], r[21], r[22], r[23])
+        kernel(row_array(r, 0, f), row_array(r, 2, f), row_array(r, 4, f), row_array(r, 6, f),  # noqa: F821
+               row_array2(r, 8, np.float64), row_array2(r, 11, np.float64), row_array2(r, 14, np.int64), r[17],
+               r[18], r[19], r[20], r[21], r[22], r[23])
 
-    return forward_block, backward_block, forward_entry, backward_entry
+    return forward_block, backward_block, task_entry(forward_entry, forward_block), task_entry(backward_entry,
+                                                                                               backward_block)
 
 
 def _blocks(b: int, seqlen: int):

@@ -9,6 +9,7 @@ import ctypes
 import itertools
 import os
 import threading
+import types as pytypes
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Tuple
@@ -229,6 +230,17 @@ def row_array3(row, at, dtype):
 
 # A task entry: ``void entry(int64 *row)``, the kernel called with its arguments decoded from the task's row.
 TASK_ENTRY = types.void(types.CPointer(types.int64))
+
+
+def task_entry(entry, kernel):
+    """``entry`` (a function of a task's row that calls the global name ``kernel``) as a cached cfunc calling
+    ``kernel``. The kernel goes into the entry's globals, not its closure: numba's cache index hashes closure
+    variables, and a dispatcher hashes differently in every process, so an entry closing over its kernel was
+    compiled again in every process (4 s at the first call)."""
+    function = pytypes.FunctionType(entry.__code__, {**entry.__globals__, 'kernel': kernel}, entry.__name__,
+                                    entry.__defaults__, entry.__closure__)
+    function.__qualname__ = entry.__qualname__
+    return numba.cfunc(TASK_ENTRY, cache=True)(function)
 
 
 @intrinsic

@@ -41,7 +41,6 @@ from .numba_runtime import (
     FLAGS,
     MATH_FLAGS,
     SOURCE_KEY,
-    TASK_ENTRY,
     bases,
     channels_contiguous,
     exp32,
@@ -57,6 +56,7 @@ from .numba_runtime import (
     row_array3,
     run_tasks,
     stack_f32,
+    task_entry,
 )
 
 __all__ = ['selective_scan_tokens_cpu']
@@ -400,31 +400,31 @@ def _kernels(npad: int) -> Tuple[Callable, Callable, Callable, Callable]:
             g_D[batch, c0 + c] = gD64[c]
             g_bias[batch, c0 + c] = gbias64[c]
 
-    @numba.cfunc(TASK_ENTRY, cache=True)
+    # the entries call their kernel by the global name ``kernel`` (see task_entry); they close over ints only
     def forward_entry(row):
         """:func:`forward_part` on a row of :func:`~.numba_runtime.task_table`."""
-        if key != SOURCE_KEY:  # never: the key is here for numba's cache index (see _kernels)
+        if key != SOURCE_KEY or npad < 0:  # never: the ints are here for numba's cache index (see _kernels)
             return
         r, f = numba.carray(row, 31), np.float32
-        forward_part(row_array(r, 0, f), row_array(r, 2, f), row_array(r, 4, f), row_array(r, 6, f),
-                     row_array(r, 8, f), row_array(r, 10, f), row_array(r, 12, f), row_array2(r, 14, np.int64),
-                     row_array(r, 17, f), row_array(r, 19, f), row_array(r, 21, f), r[23], r[24], r[25], r[26], r[27],
-                     r[28], r[29] != 0, r[30] != 0)
+        kernel(row_array(r, 0, f), row_array(r, 2, f), row_array(r, 4, f), row_array(r, 6, f),  # noqa: F821
+               row_array(r, 8, f), row_array(r, 10, f), row_array(r, 12, f), row_array2(r, 14, np.int64),
+               row_array(r, 17, f), row_array(r, 19, f), row_array(r, 21, f), r[23], r[24], r[25], r[26], r[27],
+               r[28], r[29] != 0, r[30] != 0)
 
-    @numba.cfunc(TASK_ENTRY, cache=True)
     def backward_entry(row):
         """:func:`backward_part` on a row of :func:`~.numba_runtime.task_table`."""
-        if key != SOURCE_KEY:
+        if key != SOURCE_KEY or npad < 0:
             return
         r, f = numba.carray(row, 50), np.float32
-        backward_part(row_array(r, 0, f), row_array(r, 2, f), row_array(r, 4, f), row_array(r, 6, f),
-                      row_array(r, 8, f), row_array(r, 10, f), row_array(r, 12, f), row_array(r, 14, f),
-                      row_array(r, 16, f), row_array(r, 18, f), row_array(r, 20, f), row_array(r, 22, f),
-                      row_array2(r, 24, np.int64), row_array(r, 27, f), row_array(r, 29, f), row_array(r, 31, f),
-                      row_array3(r, 33, np.float64), row_array2(r, 37, np.float64), row_array2(r, 40, np.float64),
-                      r[43], r[44], r[45], r[46], r[47], r[48], r[49] != 0)
+        kernel(row_array(r, 0, f), row_array(r, 2, f), row_array(r, 4, f), row_array(r, 6, f),  # noqa: F821
+               row_array(r, 8, f), row_array(r, 10, f), row_array(r, 12, f), row_array(r, 14, f),
+               row_array(r, 16, f), row_array(r, 18, f), row_array(r, 20, f), row_array(r, 22, f),
+               row_array2(r, 24, np.int64), row_array(r, 27, f), row_array(r, 29, f), row_array(r, 31, f),
+               row_array3(r, 33, np.float64), row_array2(r, 37, np.float64), row_array2(r, 40, np.float64),
+               r[43], r[44], r[45], r[46], r[47], r[48], r[49] != 0)
 
-    return forward_part, backward_part, forward_entry, backward_entry
+    return forward_part, backward_part, task_entry(forward_entry, forward_part), task_entry(backward_entry,
+                                                                                           backward_part)
 
 
 def _part_tasks(b: int, d: int, groups: int, width: int) -> List[Tuple[int, int, int, int]]:
