@@ -314,6 +314,7 @@ def _torch_openmp():
     return run
 
 
+_ENTRY_CALL = ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # a task entry called from Python (the GIL released)
 _openmp_run = None
 _openmp_checked = False
 _pool: Optional[ThreadPoolExecutor] = None
@@ -326,24 +327,33 @@ def run_tasks(tasks: List[tuple], fn, entry=None) -> None:
     one thread). Each thread takes the next task from a shared counter until none is left: no task waits for a
     thread the OS has descheduled, and the caller hands nothing out per task.
 
-    With ``entry`` (the task's cfunc, :data:`TASK_ENTRY`) and torch on GNU OpenMP, the threads are torch's own
-    OpenMP team: the kernels and torch's ops then take turns on the same threads, where two pools would each
-    leave threads spinning on the cores the other needs (a program that imported torch first, with libgomp's
-    default spin, ran DVMSR 2-3x slower). Otherwise a pool of Python threads runs them (numba releases the GIL)."""
+    With ``entry`` (the kernel's task entry, :func:`task_entry`) every task runs through the entry, at any thread
+    count, so one compiled copy of the kernel computes every result (the entry holds its own copy, and a copy
+    loaded from numba's cache need not round as the kernel's own does). Where torch runs on GNU OpenMP the threads
+    are then torch's own OpenMP team: the kernels and torch's ops take turns on the same threads, where two pools
+    would each leave threads spinning on the cores the other needs (a program that imported torch first, with
+    libgomp's default spin, ran DVMSR 2-3x slower). Otherwise a pool of Python threads runs them (numba and ctypes
+    release the GIL)."""
     threads = min(torch.get_num_threads(), len(tasks))
-    if threads <= 1:
-        for task in tasks:
-            fn(*task)
-        return
-    global _pool, _pool_key, _openmp_run, _openmp_checked
     if entry is not None:
+        table = task_table(tasks)
+        global _openmp_run, _openmp_checked
         if not _openmp_checked:
             _openmp_run, _openmp_checked = _torch_openmp(), True
-        if _openmp_run is not None:
-            table = task_table(tasks)
+        if threads > 1 and _openmp_run is not None:
             header = np.array([entry.address, len(tasks), table.shape[1], 0, table.ctypes.data], np.int64)
             _openmp_run(_team_member.address, header.ctypes.data, threads, 0)
             return
+        call, width = _ENTRY_CALL(entry.address), 8 * table.shape[1]
+        # the rows' addresses; ``tasks`` stays referenced here, and with it every array the rows point into
+        fn, items = call, [(table.ctypes.data + k * width, ) for k in range(len(tasks))]
+    else:
+        items = tasks
+    if threads <= 1:
+        for item in items:
+            fn(*item)
+        return
+    global _pool, _pool_key
     with _pool_lock:
         key = (os.getpid(), threads - 1)  # a forked child has the object but not the threads
         if _pool is None or _pool_key != key:
@@ -357,9 +367,9 @@ def run_tasks(tasks: List[tuple], fn, entry=None) -> None:
     def work():
         while True:
             i = next(counter)
-            if i >= len(tasks):
+            if i >= len(items):
                 return
-            fn(*tasks[i])
+            fn(*items[i])
 
     helpers = [pool.submit(work) for _ in range(threads - 1)]
     try:
