@@ -334,6 +334,8 @@ def run_tasks(tasks: List[tuple], fn, entry=None) -> None:
     would each leave threads spinning on the cores the other needs (a program that imported torch first, with
     libgomp's default spin, ran DVMSR 2-3x slower). Otherwise a pool of Python threads runs them (numba and ctypes
     release the GIL)."""
+    if not tasks:  # an empty batch
+        return
     threads = min(torch.get_num_threads(), len(tasks))
     if entry is not None:
         table = task_table(tasks)
