@@ -101,6 +101,50 @@ def assert_grads_match(out, ref, inputs):
             assert rel_err(g, rg) < 1e-3, name
 
 
+def check_scan_against_reference(scan, inputs, softplus):
+    """``scan`` (selective_scan's signature) on ``inputs``: values and every gradient against the float64 reference,
+    the output in u's dtype and shape; returns the output."""
+    for x in inputs:
+        if x is not None:
+            x.requires_grad_(True)
+    out = scan(*inputs, delta_softplus=softplus)
+    ref = reference_scan(*inputs, delta_softplus=softplus)
+    assert out.dtype == inputs[0].dtype and out.shape == inputs[0].shape
+    assert rel_err(out, ref) < 1e-4
+    assert_grads_match(out, ref, inputs)
+    return out
+
+
+def check_scan_close_to_torch_path(scan):
+    """``scan`` against the PyTorch path at fp32 (a longer sequence than the reference cases)."""
+    inputs = make_inputs(2, 6, 16, 500, 0, True, True, True, seed=6)
+    with torch.no_grad():
+        fast = scan(*inputs, delta_softplus=True)
+        with force_torch_ops():
+            slow = selective_scan(*inputs, delta_softplus=True)
+    assert (fast - slow).abs().max() < 1e-5 * slow.abs().max()
+
+
+def check_scan_half_input(scan):
+    """bf16 u, delta, z: the output comes back in bf16, close to the float64 reference."""
+    inputs = make_inputs(1, 4, 3, 20, 0, True, True, False)
+    inputs = [x.to(torch.bfloat16) if x is not None and x.dim() == 3 else x for x in inputs]
+    out = scan(*inputs)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out.float(), reference_scan(*inputs)) < 2e-2
+
+
+def check_scan_nan_as_torch(scan):
+    """A NaN in A makes NaN exactly where the PyTorch path does: the exp of NaN must not come out as a number."""
+    inputs = make_inputs(1, 2, 3, 9, 0, False, False, False)
+    inputs[2][1, 0] = float('nan')
+    with torch.no_grad():
+        out = scan(*inputs)
+        with force_torch_ops():
+            ref = selective_scan(*inputs)
+    assert torch.equal(out.isnan(), ref.isnan()) and out[0, 1].isnan().all() and not out[0, 0].isnan().any()
+
+
 def test_long_sequence_many_chunks_and_small_backward_groups(monkeypatch):
     monkeypatch.setattr(scan_mod, 'BACKWARD_GROUP_ELEMENTS', 1)  # one chunk per backward group
     inputs = make_inputs(3, 6, 4, 301, 3, True, True, True, seed=3)
@@ -116,11 +160,7 @@ def test_long_sequence_many_chunks_and_small_backward_groups(monkeypatch):
 
 
 def test_half_input_returns_input_dtype():
-    inputs = make_inputs(1, 4, 3, 20, 0, True, True, False)
-    inputs = [x.to(torch.bfloat16) if x is not None and x.dim() == 3 else x for x in inputs]
-    out = scan_mod.selective_scan_torch(*inputs)
-    assert out.dtype == torch.bfloat16
-    assert rel_err(out.float(), reference_scan(*inputs)) < 2e-2
+    check_scan_half_input(scan_mod.selective_scan_torch)
 
 
 def test_no_grad_forward_does_not_keep_state_per_step():

@@ -6,10 +6,20 @@ import threading
 
 import pytest
 import torch
-from test_ops_scan import OPTIONAL_CASES, assert_grads_match, case_inputs, make_inputs, reference_scan, rel_err
+from test_ops_scan import (
+    OPTIONAL_CASES,
+    case_inputs,
+    check_scan_against_reference,
+    check_scan_close_to_torch_path,
+    check_scan_half_input,
+    check_scan_nan_as_torch,
+    make_inputs,
+    reference_scan,
+    rel_err,
+)
 
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
-from dvmsr_mma.ops import force_torch_ops, selective_scan
+from dvmsr_mma.ops import force_torch_ops
 from dvmsr_mma.ops.scan_inputs import checked_b_c
 
 numba = pytest.importorskip('numba', reason='the numba CPU scan is optional (pip install numba)')
@@ -30,14 +40,7 @@ def tokens_on_bdl(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_soft
 
 
 def check_against_reference(inputs, softplus):
-    for x in inputs:
-        if x is not None:
-            x.requires_grad_(True)
-    out = tokens_on_bdl(*inputs, delta_softplus=softplus)
-    ref = reference_scan(*inputs, delta_softplus=softplus)
-    assert out.dtype == inputs[0].dtype and out.shape == inputs[0].shape
-    assert rel_err(out, ref) < 1e-4
-    assert_grads_match(out, ref, inputs)
+    check_scan_against_reference(tokens_on_bdl, inputs, softplus)
 
 
 @pytest.mark.parametrize('l', [1, 7, 64, 65, 200])  # one checkpoint, exactly one chunk, one step past it, four
@@ -65,30 +68,15 @@ def test_time_invariant_b_c():
 
 
 def test_matches_torch_path_closely():
-    inputs = make_inputs(2, 6, 16, 500, 0, True, True, True, seed=6)
-    with torch.no_grad():
-        fast = tokens_on_bdl(*inputs, delta_softplus=True)
-        with force_torch_ops():
-            slow = selective_scan(*inputs, delta_softplus=True)
-    assert (fast - slow).abs().max() < 1e-5 * slow.abs().max()
+    check_scan_close_to_torch_path(tokens_on_bdl)
 
 
 def test_half_input_returns_input_dtype():
-    inputs = make_inputs(1, 4, 3, 20, 0, True, True, False)
-    inputs = [x.to(torch.bfloat16) if x is not None and x.dim() == 3 else x for x in inputs]
-    out = tokens_on_bdl(*inputs)
-    assert out.dtype == torch.bfloat16
-    assert rel_err(out.float(), reference_scan(*inputs)) < 2e-2
+    check_scan_half_input(tokens_on_bdl)
 
 
 def test_nan_propagates_as_in_torch():
-    inputs = make_inputs(1, 2, 3, 9, 0, False, False, False)
-    inputs[2][1, 0] = float('nan')  # one entry of A: the exp of NaN must not come out as a number
-    with torch.no_grad():
-        out = tokens_on_bdl(*inputs)
-        with force_torch_ops():
-            ref = selective_scan(*inputs)
-    assert torch.equal(out.isnan(), ref.isnan()) and out[0, 1].isnan().all() and not out[0, 0].isnan().any()
+    check_scan_nan_as_torch(tokens_on_bdl)
 
 
 @pytest.mark.parametrize('scalef', sorted({False, numba_runtime.SCALEF}))
@@ -278,9 +266,10 @@ def test_parts_are_cache_line_aligned_and_bounded():
 def test_kernels_follow_the_runtime_source():
     """numba caches a kernel by its own file; the kernels close over numba_runtime's source key, which numba's
     cache index hashes, so a change to the shared helpers recompiles them instead of loading stale code."""
-    for kernel in scan_cpu._kernels(16):
-        cells = [c.cell_contents for c in (getattr(kernel, 'py_func', None) or kernel.__wrapped__).__closure__]
-        assert numba_runtime.SOURCE_KEY in cells
+    for entry in scan_cpu._kernels(16):
+        kernel = entry.__wrapped__.__globals__['kernel']  # the part kernel the entry calls
+        for function in (entry.__wrapped__, kernel.py_func):
+            assert numba_runtime.SOURCE_KEY in [c.cell_contents for c in function.__closure__]
 
 
 def test_dvmsr_forward_same_on_both_paths():
@@ -324,3 +313,4 @@ def test_token_major_bad_shapes_are_one_line(name, shape, message):
     args[name] = torch.randn(shape)
     with pytest.raises(ValueError, match='^selective_scan_tokens: ' + message + '$'):
         selective_scan_tokens(**args)
+

@@ -6,9 +6,19 @@ import sys
 
 import pytest
 import torch
-from test_ops_scan import OPTIONAL_CASES, assert_grads_match, case_inputs, make_inputs, reference_scan, rel_err
+from test_ops_scan import (
+    OPTIONAL_CASES,
+    case_inputs,
+    check_scan_against_reference,
+    check_scan_close_to_torch_path,
+    check_scan_half_input,
+    check_scan_nan_as_torch,
+    make_inputs,
+    reference_scan,
+    rel_err,
+)
 
-from dvmsr_mma.ops import force_torch_ops, selective_scan
+from dvmsr_mma.ops import selective_scan
 
 numba = pytest.importorskip('numba', reason='the numba CPU scan is optional (pip install numba)')
 scan_lanes = pytest.importorskip('dvmsr_mma.ops.scan_lanes')
@@ -16,14 +26,7 @@ numba_runtime = sys.modules['dvmsr_mma.ops.numba_runtime']
 
 
 def check_against_reference(inputs, softplus):
-    for x in inputs:
-        if x is not None:
-            x.requires_grad_(True)
-    out = scan_lanes.selective_scan_cpu(*inputs, delta_softplus=softplus)
-    ref = reference_scan(*inputs, delta_softplus=softplus)
-    assert out.dtype == inputs[0].dtype and out.shape == inputs[0].shape and out.is_contiguous()
-    assert rel_err(out, ref) < 1e-4
-    assert_grads_match(out, ref, inputs)
+    assert check_scan_against_reference(scan_lanes.selective_scan_cpu, inputs, softplus).is_contiguous()
 
 
 @pytest.mark.parametrize('l', [1, 7, 64, 65, 200])  # one checkpoint, exactly one block, one step past it, four
@@ -54,30 +57,15 @@ def test_time_invariant_b_c(which):
 
 
 def test_matches_torch_path_closely():
-    inputs = make_inputs(2, 6, 16, 500, 0, True, True, True, seed=6)
-    with torch.no_grad():
-        fast = scan_lanes.selective_scan_cpu(*inputs, delta_softplus=True)
-        with force_torch_ops():
-            slow = selective_scan(*inputs, delta_softplus=True)
-    assert (fast - slow).abs().max() < 1e-5 * slow.abs().max()
+    check_scan_close_to_torch_path(scan_lanes.selective_scan_cpu)
 
 
 def test_half_input_returns_input_dtype():
-    inputs = make_inputs(1, 4, 3, 20, 0, True, True, False)
-    inputs = [x.to(torch.bfloat16) if x is not None and x.dim() == 3 else x for x in inputs]
-    out = scan_lanes.selective_scan_cpu(*inputs)
-    assert out.dtype == torch.bfloat16
-    assert rel_err(out.float(), reference_scan(*inputs)) < 2e-2
+    check_scan_half_input(scan_lanes.selective_scan_cpu)
 
 
 def test_nan_propagates_as_in_torch():
-    inputs = make_inputs(1, 2, 3, 9, 0, False, False, False)
-    inputs[2][1, 0] = float('nan')  # one entry of A: the exp of NaN must not come out as a number
-    with torch.no_grad():
-        out = scan_lanes.selective_scan_cpu(*inputs)
-        with force_torch_ops():
-            ref = selective_scan(*inputs)
-    assert torch.equal(out.isnan(), ref.isnan()) and out[0, 1].isnan().all() and not out[0, 0].isnan().any()
+    check_scan_nan_as_torch(scan_lanes.selective_scan_cpu)
 
 
 def strided_inputs(b, d, n, l, seed):

@@ -44,7 +44,7 @@ AHEAD = 16  # steps: input rows are prefetched this far ahead (see numba_runtime
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    """The forward and backward block kernels and their task entries, compiled once (cached on disk)."""
+    """The task entries of the forward and backward block kernels, compiled once (cached on disk)."""
     key = SOURCE_KEY  # a closure variable, so numba's disk cache follows numba_runtime.py (see there)
     row, flush, ahead = ROW, FLUSH, AHEAD
 
@@ -172,8 +172,7 @@ def _kernels():
                row_array2(r, 8, np.float64), row_array2(r, 11, np.float64), row_array2(r, 14, np.int64), r[17],
                r[18], r[19], r[20], r[21], r[22], r[23])
 
-    return forward_block, backward_block, task_entry(forward_entry, forward_block), task_entry(backward_entry,
-                                                                                               backward_block)
+    return task_entry(forward_entry, forward_block), task_entry(backward_entry, backward_block)
 
 
 def _blocks(b: int, seqlen: int):
@@ -189,10 +188,10 @@ class _CausalConv1dTokens(torch.autograd.Function):
         w_t = weight.detach().float().t().contiguous()  # (width, d): a row of channels per tap
         bias32 = None if bias is None else bias.detach().float().contiguous()
         y = x.new_empty(b, seqlen, d)
-        forward_block, _, forward_entry, _ = _kernels()
+        forward_entry, _ = _kernels()
         arrays = (flat(x), flat(y), EMPTY1, EMPTY1, flat(w_t), flat(bias32), geometry([x, y, None], seqlen, reverse))
         run_tasks([(*arrays, i, s0, s1, seqlen, d, w_t.shape[0], silu, False) for i, s0, s1 in _blocks(b, seqlen)],
-                  forward_block, forward_entry)
+                  forward_entry)
         ctx.save_for_backward(x, w_t, bias32)
         ctx.options = (silu, reverse, weight.dtype, None if bias is None else bias.dtype)
         return y
@@ -210,11 +209,11 @@ class _CausalConv1dTokens(torch.autograd.Function):
         g_w = np.empty((len(blocks), width * d), np.float64)
         g_b = np.empty((len(blocks), d), np.float64)
         geo = geometry([x, None, gout, g_x], seqlen, reverse)
-        forward_block, backward_block, forward_entry, backward_entry = _kernels()
+        forward_entry, backward_entry = _kernels()
         run_tasks([(flat(x), EMPTY1, flat(gpre), flat(gout), flat(w_t), flat(bias32), geo, i, s0, s1, seqlen, d, width,
-                    silu, True) for i, s0, s1 in blocks], forward_block, forward_entry)
+                    silu, True) for i, s0, s1 in blocks], forward_entry)
         run_tasks([(flat(x), flat(gpre), flat(g_x), flat(w_t), g_w, g_b, geo, k, i, s0, s1, seqlen, d, width)
-                   for k, (i, s0, s1) in enumerate(blocks)], backward_block, backward_entry)
+                   for k, (i, s0, s1) in enumerate(blocks)], backward_entry)
         # block sums added in block order (numpy adds along the first axis row by row)
         g_weight = torch.from_numpy(g_w.sum(0).reshape(width, d)).t().to(weight_dtype)
         g_bias = None if bias_dtype is None else torch.from_numpy(g_b.sum(0)).to(bias_dtype)

@@ -21,6 +21,7 @@ from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.core.ccallback import CFunc
 from numba.extending import intrinsic
 
 TASKS_PER_THREAD = 8  # lanes are cut into about this many tasks per thread, for balance on a busy machine
@@ -131,8 +132,9 @@ EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 
 @intrinsic
 def exp32(typingctx, x):
     """float32 exp, emitted inline as LLVM IR wherever it is called: x = k ln2 + r with |r| <= ln2 / 2, e^r by
-    Cephes' expf polynomial (about 1 ulp, as torch's), 2^k as two exponent-field factors so results down to the
-    denormals and up to inf come out right; clamping to [-104, 89] changes no float32 result; NaN propagates.
+    Cephes' expf polynomial (about 1 ulp, as torch's), then e^r 2^k: one ``vscalefps`` where :data:`SCALEF`, else
+    two exponent-field factors, so results down to the denormals and up to inf come out right (the same bits both
+    ways); clamping to [-104, 89] changes no float32 result; NaN propagates.
 
     Why an intrinsic: as an njit function, LLVM left it out of line in the large backward kernel, one scalar call
     per element (40% of the backward's time). Inline IR always vectorizes with the loop around it, and carries its
@@ -271,7 +273,7 @@ def _call_entry(typingctx, entry, row):
     return types.void(entry, row), codegen
 
 
-@numba.cfunc(types.void(types.CPointer(types.int64)), cache=True)
+@numba.cfunc(TASK_ENTRY, cache=True)
 def _team_member(header):
     """What every thread of the OpenMP team runs: take the next task until none is left. ``header``: the entry's
     address, the task count, the row width, the shared counter, the table's address."""
@@ -322,35 +324,35 @@ _pool_key: Tuple[int, int] = (0, 0)
 _pool_lock = threading.Lock()
 
 
-def run_tasks(tasks: List[tuple], fn, entry=None) -> None:
-    """Run ``fn(*task)`` for every task on ``torch.get_num_threads()`` threads, the caller one of them (inline for
-    one thread). Each thread takes the next task from a shared counter until none is left: no task waits for a
-    thread the OS has descheduled, and the caller hands nothing out per task.
+def run_tasks(tasks: List[tuple], work) -> None:
+    """Run ``work`` on every task on ``torch.get_num_threads()`` threads, the caller one of them (inline for one
+    thread). Each thread takes the next task from a shared counter until none is left: no task waits for a thread
+    the OS has descheduled, and the caller hands nothing out per task.
 
-    With ``entry`` (the kernel's task entry, :func:`task_entry`) every task runs through the entry, at any thread
-    count, so one compiled copy of the kernel computes every result (the entry holds its own copy, and a copy
-    loaded from numba's cache need not round as the kernel's own does). Where torch runs on GNU OpenMP the threads
-    are then torch's own OpenMP team: the kernels and torch's ops take turns on the same threads, where two pools
-    would each leave threads spinning on the cores the other needs (a program that imported torch first, with
-    libgomp's default spin, ran DVMSR 2-3x slower). Otherwise a pool of Python threads runs them (numba and ctypes
-    release the GIL)."""
+    ``work`` is a kernel's task entry (:func:`task_entry`, called on the task's row of :func:`task_table`) or a
+    Python callable (called as ``work(*task)``). An entry runs every task at any thread count, so one compiled copy
+    of the kernel computes every result (a copy loaded from numba's cache need not round as another copy does).
+    Where torch runs on GNU OpenMP, an entry's threads are torch's own OpenMP team: the kernels and torch's ops take
+    turns on the same threads, where two pools would each leave threads spinning on the cores the other needs (a
+    program that imported torch first, with libgomp's default spin, ran DVMSR 2-3x slower). Otherwise a pool of
+    Python threads runs the tasks (numba and ctypes release the GIL)."""
     if not tasks:  # an empty batch
         return
     threads = min(torch.get_num_threads(), len(tasks))
-    if entry is not None:
+    if isinstance(work, CFunc):
         table = task_table(tasks)
         global _openmp_run, _openmp_checked
         if not _openmp_checked:
             _openmp_run, _openmp_checked = _torch_openmp(), True
         if threads > 1 and _openmp_run is not None:
-            header = np.array([entry.address, len(tasks), table.shape[1], 0, table.ctypes.data], np.int64)
+            header = np.array([work.address, len(tasks), table.shape[1], 0, table.ctypes.data], np.int64)
             _openmp_run(_team_member.address, header.ctypes.data, threads, 0)
             return
-        call, width = _ENTRY_CALL(entry.address), 8 * table.shape[1]
+        call, width = _ENTRY_CALL(work.address), 8 * table.shape[1]
         # the rows' addresses; ``tasks`` stays referenced here, and with it every array the rows point into
         fn, items = call, [(table.ctypes.data + k * width, ) for k in range(len(tasks))]
     else:
-        items = tasks
+        fn, items = work, tasks
     if threads <= 1:
         for item in items:
             fn(*item)

@@ -31,11 +31,12 @@ are copied to the stack once and each output row written once, from the stack.
 """
 import functools
 import math
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numba
 import numpy as np
 import torch
+from numba.core.ccallback import CFunc
 
 from .numba_runtime import (
     FLAGS,
@@ -145,8 +146,8 @@ def _part_setup(A, a, bias, D, n, c0, w):
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(npad: int) -> Tuple[Callable, Callable, Callable, Callable]:
-    """The forward and backward part kernels (and their task entries) with scratch for ``npad`` states (a multiple of
+def _kernels(npad: int) -> Tuple[CFunc, CFunc]:
+    """The task entries of the forward and backward part kernels, with scratch for ``npad`` states (a multiple of
     STATE_MULTIPLE; the loops run the real n). The scratch lives on the stack (:func:`~.numba_runtime.stack_f32`),
     whose sizes must be compile-time constants, and where the compiler knows no argument aliases it, so its loops
     vectorize. Rows are prefetched a chunk ahead, in the order the next chunk will read them. Compiled once per
@@ -423,8 +424,7 @@ def _kernels(npad: int) -> Tuple[Callable, Callable, Callable, Callable]:
                row_array3(r, 33, np.float64), row_array2(r, 37, np.float64), row_array2(r, 40, np.float64),
                r[43], r[44], r[45], r[46], r[47], r[48], r[49] != 0)
 
-    return forward_part, backward_part, task_entry(forward_entry, forward_part), task_entry(backward_entry,
-                                                                                           backward_part)
+    return task_entry(forward_entry, forward_part), task_entry(backward_entry, backward_part)
 
 
 def _part_tasks(b: int, d: int, groups: int, width: int) -> List[Tuple[int, int, int, int]]:
@@ -453,9 +453,9 @@ class _SelectiveScanTokens(torch.autograd.Function):
         y = u.new_empty(b, seqlen, d)
         arrays = (flat(u), flat(delta), flat(z), flat(B), flat(C), flat(y), flat(hc),
                   geometry([u, delta, z, B, C, y], seqlen, reverse), flat(A_t), flat(bias), flat(D32))
-        forward_part, _, forward_entry, _ = _kernels(_states_padded(n))
+        forward_entry, _ = _kernels(_states_padded(n))
         run_tasks([(*arrays, i, c0, w, g, n, seqlen, delta_softplus, save)
-                   for i, c0, w, g in _part_tasks(b, d, groups, FORWARD_WIDTH)], forward_part, forward_entry)
+                   for i, c0, w, g in _part_tasks(b, d, groups, FORWARD_WIDTH)], forward_entry)
         if save:
             ctx.save_for_backward(u, delta, B, C, z, hc, A_t, bias, D32)
             ctx.options = (delta_softplus, reverse, A.dtype, None if D is None else D.dtype,
@@ -483,9 +483,9 @@ class _SelectiveScanTokens(torch.autograd.Function):
         common = (flat(u), flat(delta), flat(z), flat(B), flat(C), flat(gout), flat(hc), flat(g_u), flat(g_delta),
                   flat(g_z))
         tail = (geo, flat(A_t), flat(bias), flat(D32), g_A.numpy(), g_D.numpy(), g_bias.numpy())
-        _, backward_part, _, backward_entry = _kernels(_states_padded(n))
+        _, backward_entry = _kernels(_states_padded(n))
         run_tasks([(*common, flat(g_Bp[k % per_batch]), flat(g_Cp[k % per_batch]), *tail, i, c0, w, g, n, seqlen,
-                    delta_softplus) for k, (i, c0, w, g) in enumerate(tasks)], backward_part, backward_entry)
+                    delta_softplus) for k, (i, c0, w, g) in enumerate(tasks)], backward_entry)
 
         g_B, g_C = (_sum_parts(x, tasks[:per_batch], groups) for x in (g_Bp, g_Cp))
         return (g_u, g_delta, g_A.sum(0).t().to(A_dtype), g_B, g_C, None if D_dtype is None else g_D.sum(0).to(D_dtype),
