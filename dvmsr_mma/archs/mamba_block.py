@@ -14,7 +14,6 @@ the matmuls make them and the kernels read them in place; elsewhere it builds up
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dvmsr_mma.ops import causal_conv1d, causal_conv1d_tokens, selective_scan, selective_scan_tokens, token_major
@@ -167,7 +166,9 @@ class Mamba(nn.Module):
         x, z = xz.chunk(2, dim=-1)  # (b, l, d_inner) views
         x = causal_conv1d_tokens(x, conv1d.weight.squeeze(1), conv1d.bias, activation='silu', reverse=reverse)
         dt, B, C = torch.split(x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, dt_proj.weight)  # (b, l, d_inner); the bias is added in the scan
+        # (b, l, d_inner); the bias is added in the scan. With the weight as a contiguous (dt_rank, d_inner) operand
+        # its gradient comes as dt^T g, 3x faster than F.linear's g^T dt for dt_rank 4 (the training step's slowest mm)
+        delta = dt @ dt_proj.weight.t().contiguous()
         A = -torch.exp(A_log.float())
         return selective_scan_tokens(x, delta, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(),
                                      delta_softplus=True, reverse=reverse)
