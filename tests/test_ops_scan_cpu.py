@@ -1,6 +1,8 @@
 """The numba CPU scan (dvmsr_mma.ops.scan_cpu) against the float64 step reference of test_ops_scan.py, through the
 (b, d, l) API and token-major in place (both directions), its exp, its threads, and the dispatch between it and the
 PyTorch path (which needs no numba)."""
+import os
+import subprocess
 import sys
 import threading
 
@@ -314,3 +316,48 @@ def test_token_major_bad_shapes_are_one_line(name, shape, message):
     with pytest.raises(ValueError, match='^selective_scan_tokens: ' + message + '$'):
         selective_scan_tokens(**args)
 
+
+SPIN_PROBE = r'''
+import os, sys, time
+import torch
+cpus = len(os.sched_getaffinity(0))
+torch.set_num_threads(cpus)
+x = torch.ones(1 << 20)
+
+
+def busy_fraction():
+    """The process's CPU time over wall time across pauses between parallel regions: a worker that spins at the
+    barrier burns the pauses too."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(100):
+        x.add_(1)
+        time.sleep(0.001)
+    return (time.process_time() - cpu) / (time.perf_counter() - wall)
+
+
+before = busy_fraction()
+from dvmsr_mma.ops.conv_cpu import causal_conv1d_tokens_cpu
+causal_conv1d_tokens_cpu(torch.ones(1, 8, 4), torch.ones(4, 4))  # the first kernel call on torch's team
+print(before, busy_fraction())
+'''
+
+
+def test_first_kernel_call_stops_openmp_threads_spinning_between_regions():
+    """A program that imported torch first has libgomp's default spin (300,000 turns, milliseconds): between torch's
+    parallel regions its workers keep a CPU busy. After the first kernel call, libgomp manages more threads than
+    there are CPUs (one idle team member, see numba_runtime._throttle_spinning) and its waiting threads sleep after
+    100 turns."""
+    if numba_runtime._torch_openmp() is None or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip('needs GNU OpenMP (torch on Linux) and two CPUs')
+    env = {k: v for k, v in os.environ.items() if k not in ('GOMP_SPINCOUNT', 'OMP_WAIT_POLICY', 'OMP_NUM_THREADS')}
+    out = subprocess.run([sys.executable, '-c', SPIN_PROBE], env=env, capture_output=True, text=True, check=True)
+    before, after = map(float, out.stdout.split())
+    assert after < 0.6 * before, (before, after)
+
+
+def test_a_users_wait_policy_is_kept(monkeypatch):
+    """With OMP_WAIT_POLICY set, no idle team member is started: the user chose libgomp's behaviour."""
+    monkeypatch.setenv('OMP_WAIT_POLICY', 'active')
+    names = {t.name for t in threading.enumerate()}
+    numba_runtime._throttle_spinning(lambda *args: pytest.fail('a team was started'))
+    assert {t.name for t in threading.enumerate()} == names

@@ -1,9 +1,10 @@
-"""What the numba CPU kernels share: compiler flags, a vectorizable exp, raw row access, and the thread pool.
+"""What the numba CPU kernels share: compiler flags, a vectorizable exp, raw row access, and the threads.
 
 The kernels (:mod:`.scan_cpu`, :mod:`.conv_cpu`) work on token-major tensors ((b, l, channels), channels
-contiguous) and are cut into tasks that a pool of ``torch.get_num_threads()`` Python threads takes one at a time
-(numba releases the GIL), so there is no barrier per operation and a thread the OS deschedules only takes fewer
-tasks. How the work is cut depends on the shapes only, never on the thread count, so results do not either.
+contiguous) and are cut into tasks that ``torch.get_num_threads()`` threads take one at a time (:func:`run_tasks`:
+torch's own OpenMP team where torch runs on GNU OpenMP, else Python threads, numba releasing the GIL), so a thread
+the OS deschedules only takes fewer tasks. How the work is cut depends on the shapes only, never on the thread
+count, so results do not either.
 """
 import ctypes
 import itertools
@@ -316,6 +317,29 @@ def _torch_openmp():
     return run
 
 
+def _throttle_spinning(run) -> None:
+    """Put torch's OpenMP runtime under GNU OpenMP's documented rule for an oversubscribed machine: where it manages
+    more threads than there are CPUs, a thread that waits at a barrier spins 100 times before it sleeps, instead of
+    GOMP_SPINCOUNT times (300,000 by default, milliseconds). A daemon thread starts a team of two (its task list is
+    empty) and then waits for ever, so libgomp manages one idle thread more than torch's team; where that team has a
+    thread per CPU (torch's default), the rule then holds whatever the program imported first. On a busy machine a
+    spinning thread takes the time slice a descheduled peer needs: DVMSR ran 2.6-3.8x its quiet time beside two busy
+    loops in programs that imported torch first, and about 2x with the rule (docs/kernels.md). A user's
+    ``OMP_WAIT_POLICY`` keeps libgomp's own choice."""
+    if 'OMP_WAIT_POLICY' in os.environ:
+        return
+    started = threading.Event()
+
+    def hold():
+        header = np.zeros(5, np.int64)  # no tasks: both members return at once
+        run(_team_member.address, header.ctypes.data, 2, 0)
+        started.set()
+        threading.Event().wait()  # the thread's idle OpenMP worker lives as long as this thread
+
+    threading.Thread(target=hold, name='dvmsr_mma_openmp_idle', daemon=True).start()
+    started.wait()
+
+
 _ENTRY_CALL = ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # a task entry called from Python (the GIL released)
 _openmp_run = None
 _openmp_checked = False
@@ -344,6 +368,8 @@ def run_tasks(tasks: List[tuple], work) -> None:
         global _openmp_run, _openmp_checked
         if not _openmp_checked:
             _openmp_run, _openmp_checked = _torch_openmp(), True
+            if _openmp_run is not None:
+                _throttle_spinning(_openmp_run)
         if threads > 1 and _openmp_run is not None:
             header = np.array([work.address, len(tasks), table.shape[1], 0, table.ctypes.data], np.int64)
             _openmp_run(_team_member.address, header.ctypes.data, threads, 0)
