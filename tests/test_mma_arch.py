@@ -1,4 +1,5 @@
 """MMA architecture: official state-dict layout and sizes, x2/x3/x4 on odd sizes, gradients, bidirectional Vim."""
+import inspect
 import io
 
 import pytest
@@ -88,6 +89,17 @@ def test_presets():
         b, t = MMA_B(), MMA_T(upscale=4, use_checkpoint=True)
     assert len(b.body) == 24 and b.conv_first.out_channels == 192 and b.img_range == 1.
     assert len(t.body) == 12 and t.conv_first.out_channels == 48 and t.upscale == 4 and t.use_checkpoint
+
+
+@pytest.mark.parametrize('preset', [MMA_B, MMA_T])
+def test_preset_signatures_give_the_presets_defaults(preset):
+    """help() and the option checks read a preset's signature: its defaults are what the preset builds."""
+    defaults = {name: p.default for name, p in inspect.signature(preset).parameters.items()}
+    with torch.device('meta'):
+        built, spelled_out = preset(), MMA(**defaults)
+    assert defaults['upscale'] == 2 and built.img_range == spelled_out.img_range
+    assert [(k, v.shape) for k, v in built.state_dict().items()] == [(k, v.shape)
+                                                                      for k, v in spelled_out.state_dict().items()]
 
 
 @pytest.mark.parametrize('scale', [2, 3, 4])

@@ -177,33 +177,38 @@ class MMA(nn.Module):
         return (x / self.img_range + self.mean.to(x.dtype)).contiguous()
 
 
-def _lists_mma_arguments(preset):
-    """Give ``preset(upscale=2, **overrides)`` a signature naming the MMA arguments the overrides may be, so the
-    option checks can name an unknown one and list what a preset takes."""
-    mma = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(MMA).parameters.values()]
-    preset.__signature__ = inspect.Signature([inspect.signature(preset).parameters['upscale']] +
-                                             [p for p in mma if p.name != 'upscale'])
-    return preset
+MMA_B_SETTINGS = dict(num_in_ch=3, num_out_ch=3, num_feat=192, num_block=24, img_range=1., rgb_mean=RGB_MEAN)
+MMA_T_SETTINGS = dict(num_in_ch=3, num_out_ch=3, num_feat=48, num_block=12, img_range=1., rgb_mean=RGB_MEAN)
+
+
+def _lists_mma_arguments(settings):
+    """Give ``preset(upscale=2, **overrides)`` a signature naming the MMA arguments the overrides may be, with the
+    preset's ``settings`` as their defaults, so the option checks can name an unknown one and ``help()`` shows what
+    the preset builds."""
+
+    def decorate(preset):
+        mma = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, default=settings.get(p.name, p.default))
+               for p in inspect.signature(MMA).parameters.values() if p.name != 'upscale']
+        preset.__signature__ = inspect.Signature([inspect.signature(preset).parameters['upscale']] + mma)
+        return preset
+
+    return decorate
 
 
 @register_arch
-@_lists_mma_arguments
+@_lists_mma_arguments(MMA_B_SETTINGS)
 def MMA_B(upscale=2, **overrides):  # noqa: N802  (registered name used as YAML `type:`)
     """MMA-B (classic SR, the paper's "MMA"): C = 192, K = 24; 19,824,627 / 21,484,467 / 21,152,499 parameters at
     x2 / x3 / x4. Settings of the official option files (img_range 1); any MMA argument can be overridden."""
-    cfg = dict(num_in_ch=3, num_out_ch=3, num_feat=192, num_block=24, upscale=upscale, img_range=1., rgb_mean=RGB_MEAN)
-    cfg.update(overrides)
-    return MMA(**cfg)
+    return MMA(**{**MMA_B_SETTINGS, 'upscale': upscale, **overrides})
 
 
 @register_arch
-@_lists_mma_arguments
+@_lists_mma_arguments(MMA_T_SETTINGS)
 def MMA_T(upscale=2, **overrides):  # noqa: N802
     """MMA-T (lightweight SR): C = 48, K = 12; 795,735 / 899,655 / 878,871 parameters at x2 / x3 / x4.
 
     K = 12, not the 8 of the paper's text (Sec. 4.1): only 12 blocks reproduce the #Params of the paper's Table 3
     (796K / 899K / 879K); 8 blocks would give about 0.54M at x2. No official MMA-T option file is released.
     """
-    cfg = dict(num_in_ch=3, num_out_ch=3, num_feat=48, num_block=12, upscale=upscale, img_range=1., rgb_mean=RGB_MEAN)
-    cfg.update(overrides)
-    return MMA(**cfg)
+    return MMA(**{**MMA_T_SETTINGS, 'upscale': upscale, **overrides})
