@@ -147,33 +147,55 @@ def test_backward_lanes_bound_the_gradient_slices(monkeypatch):
     check_against_reference(make_inputs(1, 30, 16, 300, 0, True, True, True, seed=9), True)
 
 
+def values_and_grads(inputs, threads):
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        out = scan_lanes.selective_scan_cpu(*inputs, delta_softplus=True)
+        return (out, *torch.autograd.grad(out.square().sum(), inputs))
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_results_do_not_depend_on_thread_count():
     """Tasks are cut by shape, never by threads, and the B/C gradient slices added in task order: values and every
     gradient bit for bit at 1, 2 and 3 threads."""
     inputs = make_inputs(2, 50, 16, 300, 0, True, True, True, seed=8)
     for x in inputs:
         x.requires_grad_(True)
-    previous = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            out = scan_lanes.selective_scan_cpu(*inputs, delta_softplus=True)
-            results.append((out, torch.autograd.grad(out.square().sum(), inputs)))
-    finally:
-        torch.set_num_threads(previous)
-    for out, grads in results[1:]:
-        assert torch.equal(out, results[0][0])
-        for i, (g, g0) in enumerate(zip(grads, results[0][1])):
-            assert torch.equal(g, g0), i
+    results = [values_and_grads(inputs, threads) for threads in (1, 2, 3)]
+    for result in results[1:]:
+        for i, (a, b) in enumerate(zip(result, results[0])):
+            assert torch.equal(a, b), i
+
+
+def test_openmp_team_and_python_threads_give_the_same_bits(monkeypatch):
+    """Where torch runs on GNU OpenMP, the kernels run on torch's own team (task entries); values and gradients are
+    those of the Python thread pool, bit for bit, and the team is what ran them."""
+    if numba_runtime._torch_openmp() is None:
+        pytest.skip('torch does not run on GNU OpenMP here; the Python pool is the only path')
+    inputs = make_inputs(2, 50, 16, 300, 0, True, True, True, seed=8)
+    for x in inputs:
+        x.requires_grad_(True)
+    calls = []
+    run = numba_runtime._torch_openmp()
+    monkeypatch.setattr(numba_runtime, '_openmp_checked', True)
+    monkeypatch.setattr(numba_runtime, '_openmp_run', lambda *args: calls.append(args[2]) or run(*args))
+    team = values_and_grads(inputs, 2)
+    assert len(calls) == 2 and set(calls) == {2}  # forward and backward, on two threads
+    monkeypatch.setattr(numba_runtime, '_openmp_run', None)
+    pool = values_and_grads(inputs, 2)
+    for i, (a, b) in enumerate(zip(team, pool)):
+        assert torch.equal(a, b), i
 
 
 def test_kernels_follow_the_runtime_source():
     """The kernels close over numba_runtime's source key (numba's cache index hashes it): a change to the shared
     helpers recompiles them instead of loading stale code."""
-    for kernel in scan_lanes._kernels(16):
-        cells = [c.cell_contents for c in kernel.py_func.__closure__]
-        assert numba_runtime.SOURCE_KEY in cells
+    for entry in scan_lanes._kernels(16):
+        kernel = entry.__wrapped__.__globals__['kernel']  # the task kernel the entry calls
+        for function in (entry.__wrapped__, kernel.py_func):
+            assert numba_runtime.SOURCE_KEY in [c.cell_contents for c in function.__closure__]
 
 
 def test_dispatch_takes_the_lane_kernel(monkeypatch):

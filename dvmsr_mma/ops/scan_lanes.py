@@ -18,13 +18,14 @@ reverse a block at a time, recomputing the block's states from the state the for
 """
 import functools
 import math
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numba
 import numpy as np
 import torch
 from llvmlite import ir
 from numba import types
+from numba.core.ccallback import CFunc
 from numba.extending import intrinsic
 
 from .numba_runtime import (
@@ -37,8 +38,11 @@ from .numba_runtime import (
     flat,
     log1p_small,
     prefetch_row,
+    row_array,
+    row_array2,
     run_tasks,
     stack_f32,
+    task_entry,
 )
 from .scan_inputs import checked_b_c
 
@@ -214,12 +218,12 @@ def _prefetch_rows(x, base, stride, rows, t, seqlen):
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(npad: int) -> Tuple[Callable, Callable]:
-    """The forward and backward task kernels with scratch for ``npad`` states (a multiple of VEC): the states run
-    VEC at a time through :func:`_state_step` and :func:`_adjoint_step`; the padded ones have A = B = C = 0 in the
-    scratch and stay 0. The scratch lives on the stack (:func:`~.numba_runtime.stack_f32`), whose sizes must be
-    compile-time constants, and where the compiler knows no argument aliases it. Compiled once per ``npad``,
-    cached on disk."""
+def _kernels(npad: int) -> Tuple[CFunc, CFunc]:
+    """The task entries of the forward and backward task kernels, with scratch for ``npad`` states (a multiple of
+    VEC): the states run VEC at a time through :func:`_state_step` and :func:`_adjoint_step`; the padded ones have
+    A = B = C = 0 in the scratch and stay 0. The scratch lives on the stack (:func:`~.numba_runtime.stack_f32`), whose
+    sizes must be compile-time constants, and where the compiler knows no argument aliases it. Compiled once per
+    ``npad``, cached on disk."""
     key = SOURCE_KEY
     K = CHECKPOINT_STEPS
     block, hblock = K * npad, (K + 1) * npad
@@ -411,7 +415,30 @@ def _kernels(npad: int) -> Tuple[Callable, Callable]:
             g_D[batch * d + c] = gD64[lane]
             g_bias[batch * d + c] = gbias64[lane]
 
-    return forward_task, backward_task
+    # the entries call their kernel by the global name ``kernel`` (see task_entry); they close over ints only
+    def forward_entry(row):
+        """:func:`forward_task` on a row of :func:`~.numba_runtime.task_table`."""
+        if key != SOURCE_KEY or npad < 0:  # never: the ints are here for numba's cache index (see scan_cpu)
+            return
+        r, f = numba.carray(row, 31), np.float32
+        kernel(row_array(r, 0, f), row_array(r, 2, f), row_array(r, 4, f), row_array(r, 6, f),  # noqa: F821
+               row_array(r, 8, f), row_array(r, 10, f), row_array(r, 12, f), row_array2(r, 14, np.int64),
+               row_array(r, 17, f), row_array(r, 19, f), row_array(r, 21, f), r[23], r[24], r[25], r[26], r[27],
+               r[28], r[29] != 0, r[30] != 0)
+
+    def backward_entry(row):
+        """:func:`backward_task` on a row of :func:`~.numba_runtime.task_table`."""
+        if key != SOURCE_KEY or npad < 0:
+            return
+        r, f, f64 = numba.carray(row, 47), np.float32, np.float64
+        kernel(row_array(r, 0, f), row_array(r, 2, f), row_array(r, 4, f), row_array(r, 6, f),  # noqa: F821
+               row_array(r, 8, f), row_array(r, 10, f), row_array(r, 12, f), row_array(r, 14, f),
+               row_array(r, 16, f), row_array(r, 18, f), row_array(r, 20, f), row_array(r, 22, f),
+               row_array2(r, 24, np.int64), row_array(r, 27, f), row_array(r, 29, f), row_array(r, 31, f),
+               row_array(r, 33, f64), row_array(r, 35, f64), row_array(r, 37, f64), r[39], r[40], r[41], r[42],
+               r[43], r[44], r[45], r[46] != 0)
+
+    return task_entry(forward_entry, forward_task), task_entry(backward_entry, backward_task)
 
 
 def _states_padded(n: int) -> int:
@@ -467,9 +494,9 @@ class _SelectiveScanLanes(torch.autograd.Function):
         y = u.new_empty(b, d, seqlen)
         arrays = (flat(u), flat(delta), flat(z), flat(B), flat(C), flat(y), flat(hc),
                   _strides([u, delta, z, B, C, y]), flat(A32), flat(bias), flat(D32))
-        forward_task, _ = _kernels(_states_padded(n))
+        forward_entry, _ = _kernels(_states_padded(n))
         run_tasks([(*arrays, i, g, c0, c1, n, seqlen, delta_softplus, save)
-                   for i, g, c0, c1, _ in _lane_tasks(b, d, groups, LANES)], forward_task)
+                   for i, g, c0, c1, _ in _lane_tasks(b, d, groups, LANES)], forward_entry)
         if save:
             ctx.save_for_backward(u, delta, B, C, z, hc, A32, bias, D32)
             ctx.options = (delta_softplus, A.dtype, None if D is None else D.dtype,
@@ -493,9 +520,9 @@ class _SelectiveScanLanes(torch.autograd.Function):
         arrays = (flat(u), flat(delta), flat(z), flat(B), flat(C), flat(gout), flat(hc), flat(g_u), flat(g_delta),
                   flat(g_z), flat(g_Bp), flat(g_Cp), _strides([u, delta, z, B, C, None, gout]), flat(A32), flat(bias),
                   flat(D32), g_A.view(-1).numpy(), g_D.view(-1).numpy(), g_bias.view(-1).numpy())
-        _, backward_task = _kernels(_states_padded(n))
+        _, backward_entry = _kernels(_states_padded(n))
         run_tasks([(*arrays, i, g, c0, c1, g_Bp[p, i, g].storage_offset(), n, seqlen, delta_softplus)
-                   for i, g, c0, c1, p in tasks], backward_task)
+                   for i, g, c0, c1, p in tasks], backward_entry)
         g_B, g_C = (_sum_batches(x) for x in (g_Bp, g_Cp))  # the parts, in part order
         return (g_u, g_delta, _sum_batches(g_A).to(A_dtype), g_B, g_C,
                 None if D_dtype is None else _sum_batches(g_D).to(D_dtype), g_z,
