@@ -21,6 +21,7 @@ from test_ops_scan import (
 )
 
 from dvmsr_mma.archs.dvmsr_arch import DVMSR
+from dvmsr_mma.archs.mamba_block import Mamba
 from dvmsr_mma.ops import force_torch_ops
 from dvmsr_mma.ops.scan_inputs import checked_b_c
 
@@ -172,6 +173,26 @@ def test_token_major_reads_without_copies(monkeypatch):
         scan_cpu.selective_scan_tokens_cpu(*token_views(t, 24, 16, 3), delta_softplus=True)
     copies = [e.input_shapes for e in prof.key_averages(group_by_input_shape=True) if e.key == 'aten::copy_']
     assert copies and not [shapes for shapes in copies if len(shapes[0]) >= 3], copies
+
+
+@pytest.mark.parametrize('bimamba_type', ['none', 'v2'])
+@pytest.mark.parametrize('bias', [False, True])
+def test_mixer_makes_x_and_z_alike_with_and_without_autograd(bimamba_type, bias):
+    """The token-major mixer makes x and z with two matmuls under autograd and with one without: the same output
+    either way, and in_proj's gradients those of the PyTorch path ((b, d, l), one matmul)."""
+    torch.manual_seed(0)
+    mixer = Mamba(16, bimamba_type=bimamba_type, bias=bias)
+    h = torch.randn(2, 30, 16)
+    params = [mixer.in_proj.weight] + ([mixer.in_proj.bias] if bias else [])
+    with torch.no_grad():
+        quiet = mixer(h)
+    out = mixer(h)
+    assert torch.allclose(out, quiet, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(out.square().sum(), params)
+    with force_torch_ops():
+        ref = mixer(h)
+    for g, rg in zip(grads, torch.autograd.grad(ref.square().sum(), params)):
+        assert rel_err(g, rg) < 1e-4
 
 
 def test_grouped_and_other_dtypes():
