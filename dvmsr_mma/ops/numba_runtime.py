@@ -25,8 +25,6 @@ from numba.core import cgutils
 from numba.core.ccallback import CFunc
 from numba.extending import intrinsic
 
-TASKS_PER_THREAD = 8  # lanes are cut into about this many tasks per thread, for balance on a busy machine
-
 # No 'nnan'/'ninf': NaN and inf propagate as in torch. error_model='numpy': no zero-division check per element,
 # which would keep loops from vectorizing. The elementwise math fuses multiply-adds ('contract'); the kernels do
 # not, since contracted products keep the compiler from vectorizing the sums over the states (4x slower there).
@@ -394,16 +392,16 @@ def run_tasks(tasks: List[tuple], work) -> None:
         pool = _pool
     counter = itertools.count()  # next() is atomic under the GIL
 
-    def work():
+    def take_tasks():
         while True:
             i = next(counter)
             if i >= len(items):
                 return
             fn(*items[i])
 
-    helpers = [pool.submit(work) for _ in range(threads - 1)]
+    helpers = [pool.submit(take_tasks) for _ in range(threads - 1)]
     try:
-        work()
+        take_tasks()
     finally:  # the helpers finish (and raise what they raised) before the buffers go back to the caller
         for helper in helpers:
             helper.result()
