@@ -27,6 +27,7 @@ from dvmsr_mma.ops.scan_inputs import checked_b_c
 
 numba = pytest.importorskip('numba', reason='the numba CPU scan is optional (pip install numba)')
 scan_cpu = pytest.importorskip('dvmsr_mma.ops.scan_cpu')
+llvm_binding = pytest.importorskip('llvmlite.binding')
 numba_runtime = sys.modules['dvmsr_mma.ops.numba_runtime']
 scan_mod = sys.modules['dvmsr_mma.ops.scan_torch']
 
@@ -96,6 +97,16 @@ def test_exp_is_torch_exp_to_two_ulp(monkeypatch, scalef):
     assert torch.equal(got[~normal & (x < 0)] <= 1.2e-38, torch.ones_like(got[~normal & (x < 0)], dtype=torch.bool))
     assert torch.isinf(got[x > 88.8]).all() and (got[x < -104] == 0).all()
     assert exp(numba.float32(float('nan'))) != exp(numba.float32(float('nan')))  # NaN
+
+
+def test_mul_add_is_fused_where_the_cpu_has_fma():
+    """The state update's multiply-add rounds once: (1 + 2^-13)^2 - (1 + 2^-12) is 2^-26, which a rounded product
+    loses."""
+    mul_add = numba.njit(lambda a, b, c: numba_runtime.mul_add32(a, b, c))
+    a, c = numba.float32(1 + 2**-13), numba.float32(-(1 + 2**-12))
+    fused = llvm_binding.get_host_cpu_features().get('fma', False)
+    assert mul_add(a, a, c) == (2**-26 if fused else 0.0)
+    assert mul_add(numba.float32(3), numba.float32(-2), numba.float32(0.5)) == -5.5
 
 
 def test_threads_bounded_by_torch_num_threads():

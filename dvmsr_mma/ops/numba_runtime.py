@@ -181,6 +181,23 @@ def exp32(typingctx, x):
     return types.float32(types.float32), codegen
 
 
+@intrinsic
+def mul_add32(typingctx, a, b, c):
+    """a b + c in float32 as one multiply-add where the target has FMA (``llvm.fmuladd``). The scan kernels run
+    without 'contract' (see :data:`FLAGS`), so their state updates h = exp(dt A) h + dt u B and sums acc += h C
+    were a multiply and an add each: fused, the forward issues two vector instructions fewer per 16 state updates
+    (of about 25)."""
+    if not (a == b == c == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32] * 3), 'llvm.fmuladd.f32')
+        return builder.call(fmuladd, list(args))
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
 @numba.njit(fastmath=MATH_FLAGS, error_model='numpy', cache=True)
 def log1p_small(y):
     """log1p(y) for y in [0, 1], vectorizable and free of cancellation (so it survives reassociation):

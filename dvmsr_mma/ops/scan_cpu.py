@@ -49,6 +49,7 @@ from .numba_runtime import (
     flat,
     geometry,
     log1p_small,
+    mul_add32,
     parts,
     prefetch_row,
     prefetch_row_for_write,
@@ -207,17 +208,17 @@ def _kernels(npad: int) -> Tuple[CFunc, CFunc]:
                         prefetch_row(z, pz + tn * sz, w)
                 br, cr = numba.carray(f32_at(Bm, pb + t * sb), n), numba.carray(f32_at(Cm, pc + t * sc), n)
                 dt, acc, u_s = dts[s], accs[s], us[s]
+                for c in range(wv):  # whole rows: 16 scalar stores and a vector load of them stall the load
+                    du[c] = dt[c] * u_s[c]
+                    acc[c] = np.float32(0.0)
                 for v0 in range(0, wv, LANES):  # a vector of channels at a time, through every state
-                    for c in range(v0, v0 + LANES):
-                        du[c] = dt[c] * u_s[c]
-                        acc[c] = np.float32(0.0)
                     for i in range(n):
                         bv, cv = br[i], cr[i]
                         ai, hi = a[i], h[i]
                         for c in range(v0, v0 + LANES):
-                            v = exp32(dt[c] * ai[c]) * hi[c] + du[c] * bv
+                            v = mul_add32(exp32(dt[c] * ai[c]), hi[c], du[c] * bv)
                             hi[c] = v
-                            acc[c] += v * cv
+                            acc[c] = mul_add32(v, cv, acc[c])
             if has_z:
                 _gate_rows(z, pz + t0 * sz, sz, steps, w, gates, gates, gates, False)
             for s in range(steps):
@@ -318,9 +319,9 @@ def _kernels(npad: int) -> Tuple[CFunc, CFunc]:
                     bv, cv = br[i], cr[i]
                     h0, h1, di = hs[s, i], hs[s + 1, i], dec[s, i]
                     for c in range(bw):
-                        v = di[c] * h0[c] + du[c] * bv
+                        v = mul_add32(di[c], h0[c], du[c] * bv)  # as the forward computes it
                         h1[c] = v
-                        acc[c] += v * cv
+                        acc[c] = mul_add32(v, cv, acc[c])
                 if has_d:
                     for c in range(bw):
                         acc[c] += d_r[c] * us_s[c]
