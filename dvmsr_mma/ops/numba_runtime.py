@@ -25,6 +25,8 @@ from numba.core import cgutils
 from numba.core.ccallback import CFunc
 from numba.extending import intrinsic
 
+from . import allocator
+
 # No 'nnan'/'ninf': NaN and inf propagate as in torch. error_model='numpy': no zero-division check per element,
 # which would keep loops from vectorizing. The elementwise math fuses multiply-adds ('contract'); the kernels do
 # not, since contracted products keep the compiler from vectorizing the sums over the states (4x slower there).
@@ -381,10 +383,11 @@ def run_tasks(tasks: List[tuple], work) -> None:
     if isinstance(work, CFunc):
         table = task_table(tasks)
         global _openmp_run, _openmp_checked
-        if not _openmp_checked:
+        if not _openmp_checked:  # the first kernel call: set the process up for the kernels
             _openmp_run, _openmp_checked = _torch_openmp(), True
             if _openmp_run is not None:
                 _throttle_spinning(_openmp_run)
+            allocator.keep_freed_memory()
         if threads > 1 and _openmp_run is not None:
             header = np.array([work.address, len(tasks), table.shape[1], 0, table.ctypes.data], np.int64)
             _openmp_run(_team_member.address, header.ctypes.data, threads, 0)

@@ -1,0 +1,42 @@
+"""glibc's malloc, set at the first CPU kernel call to reuse freed memory for large tensors instead of fresh pages.
+
+glibc serves an allocation above its mmap threshold (128 KiB, rising to at most 32 MiB as such blocks are freed)
+with a new mapping, and hands memory at the top of its heap back to the OS past its trim threshold. The networks'
+activations on CPU are tensors of 10-250 MB, allocated and freed several times per block, so a pass faulted in
+fresh pages, each fault mapping and zeroing 4 KiB (about 1 ms per 4 MB here): a DVMSR x4 256x256 forward faulted
+45-680 MB, run to run. With both thresholds at 1 GiB, freed blocks are reused and a pass faults none; MMA-T x2
+128x128 ran 10-20% faster (docs/kernels.md). The cost: memory a pass freed stays with the process for the next
+one (its resident size stays near its peak), as in torch's CUDA caching allocator.
+
+A user's own choice is kept: ``MALLOC_*_`` or ``glibc.malloc`` tunables in the environment, another allocator in
+``LD_PRELOAD`` (jemalloc, tcmalloc, mimalloc), or ``DVMSR_MMA_MALLOC=system``.
+"""
+import ctypes
+import os
+import platform
+import sys
+
+__all__ = ['ENV_MALLOC', 'THRESHOLD', 'keep_freed_memory']
+
+ENV_MALLOC = 'DVMSR_MMA_MALLOC'  # 'system': leave glibc's thresholds alone
+THRESHOLD = 1 << 30  # bytes, for both thresholds
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_OTHER_ALLOCATORS = ('jemalloc', 'tcmalloc', 'mimalloc')
+
+
+def users_choice() -> bool:
+    """Whether the environment already says how malloc should behave."""
+    env = os.environ
+    return (env.get(ENV_MALLOC, '').strip().lower() == 'system' or any(k.startswith('MALLOC_') for k in env)
+            or 'glibc.malloc' in env.get('GLIBC_TUNABLES', '')
+            or any(name in env.get('LD_PRELOAD', '') for name in _OTHER_ALLOCATORS))
+
+
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds to :data:`THRESHOLD` unless the user chose otherwise (see the module
+    docstring); returns whether they were set. No effect off glibc."""
+    if not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc' or users_choice():
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, THRESHOLD))
