@@ -4,9 +4,10 @@ glibc serves an allocation above its mmap threshold (128 KiB, rising to at most 
 with a new mapping, and hands memory at the top of its heap back to the OS past its trim threshold. The networks'
 activations on CPU are tensors of 10-250 MB, allocated and freed several times per block, so a pass faulted in
 fresh pages, each fault mapping and zeroing 4 KiB (about 1 ms per 4 MB here): a DVMSR x4 256x256 forward faulted
-45-680 MB, run to run. With both thresholds at 1 GiB, freed blocks are reused and a pass faults none; MMA-T x2
-128x128 ran 10-20% faster (docs/kernels.md). The cost: memory a pass freed stays with the process for the next
-one (its resident size stays near its peak), as in torch's CUDA caching allocator.
+45-680 MB, run to run. With both thresholds at 1 GiB, freed blocks are reused and a pass faults none: median times
+6-8% lower for MMA-T x2 128x128 and 3-23% for the DVMSR x4 training step, DVMSR x4 256x256 within noise
+(docs/kernels.md). The cost: memory a pass freed stays with the process for the next one (its resident size stays
+near its peak), as in torch's CUDA caching allocator.
 
 A user's own choice is kept: ``MALLOC_*_`` or ``glibc.malloc`` tunables in the environment, another allocator in
 ``LD_PRELOAD`` (jemalloc, tcmalloc, mimalloc), or ``DVMSR_MMA_MALLOC=system``.
