@@ -188,7 +188,7 @@ def mul_add32(typingctx, a, b, c):
     """a b + c in float32 as one multiply-add where the target has FMA (``llvm.fmuladd``). The scan kernels run
     without 'contract' (see :data:`FLAGS`), so their state updates h = exp(dt A) h + dt u B and sums acc += h C
     were a multiply and an add each: fused, the forward issues two vector instructions fewer per 16 state updates
-    (of about 25)."""
+    (21 instead of 23 in its inner loop's machine code on AVX-512)."""
     if not (a == b == c == types.float32):
         return None
 
