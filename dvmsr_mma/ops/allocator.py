@@ -14,7 +14,6 @@ A user's own choice is kept: ``MALLOC_*_`` or ``glibc.malloc`` tunables in the e
 """
 import ctypes
 import os
-import platform
 import sys
 
 __all__ = ['ENV_MALLOC', 'THRESHOLD', 'keep_freed_memory']
@@ -36,8 +35,16 @@ def users_choice() -> bool:
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds to :data:`THRESHOLD` unless the user chose otherwise (see the module
     docstring); returns whether they were set. No effect off glibc."""
-    if not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc' or users_choice():
+    if not sys.platform.startswith('linux') or not _glibc() or users_choice():
         return False
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, THRESHOLD))
+
+
+def _glibc() -> bool:
+    """Whether this process runs on glibc (``confstr``, no file read, unlike ``platform.libc_ver``)."""
+    try:
+        return (os.confstr('CS_GNU_LIBC_VERSION') or '').startswith('glibc')
+    except (ValueError, OSError):  # no such name on this platform
+        return False
