@@ -39,7 +39,8 @@ def test_large_tensors_reuse_freed_memory_after_the_first_kernel_call():
            if not (k.startswith('MALLOC_') or k in ('GLIBC_TUNABLES', 'LD_PRELOAD', allocator.ENV_MALLOC))}
     out = subprocess.run([sys.executable, '-c', FAULT_PROBE], env=env, capture_output=True, text=True, check=True)
     before, after = map(int, out.stdout.split())
-    assert before > 20000, before  # glibc's own thresholds before it
+    if before < 20000:  # glibc's own thresholds before it, but fresh mappings faulted in as huge pages (THP always)
+        pytest.skip(f'{before} page faults for 120 MB of fresh mappings: transparent huge pages, nothing to count')
     assert after < before // 10, (before, after)
 
 
