@@ -259,7 +259,7 @@ def test_openmp_team_and_python_threads_give_the_same_bits(monkeypatch):
     previous = torch.get_num_threads()
     calls = []
     run = numba_runtime._torch_openmp()
-    monkeypatch.setattr(numba_runtime, '_openmp_checked', True)
+    monkeypatch.setattr(numba_runtime, '_set_up', True)
     monkeypatch.setattr(numba_runtime, '_openmp_run', lambda *args: calls.append(args[2]) or run(*args))
     try:
         torch.set_num_threads(2)

@@ -179,7 +179,7 @@ def test_openmp_team_and_python_threads_give_the_same_bits(monkeypatch):
         x.requires_grad_(True)
     calls = []
     run = numba_runtime._torch_openmp()
-    monkeypatch.setattr(numba_runtime, '_openmp_checked', True)
+    monkeypatch.setattr(numba_runtime, '_set_up', True)
     monkeypatch.setattr(numba_runtime, '_openmp_run', lambda *args: calls.append(args[2]) or run(*args))
     team = values_and_grads(inputs, 2)
     assert len(calls) == 2 and set(calls) == {2}  # forward and backward, on two threads

@@ -10,24 +10,30 @@ fresh pages, each fault mapping and zeroing 4 KiB (about 1 ms per 4 MB here): a 
 near its peak), as in torch's CUDA caching allocator.
 
 A user's own choice is kept: ``MALLOC_*_`` or ``glibc.malloc`` tunables in the environment, another allocator in
-``LD_PRELOAD`` (jemalloc, tcmalloc, mimalloc), or ``DVMSR_MMA_MALLOC=system``.
+``LD_PRELOAD`` (jemalloc, tcmalloc, mimalloc), or ``DVMSR_MMA_MALLOC=system`` (``auto``, the default, sets them).
 """
 import ctypes
 import os
 import sys
 
-__all__ = ['ENV_MALLOC', 'THRESHOLD', 'keep_freed_memory']
+from dvmsr_mma.utils.errors import OptionError
 
-ENV_MALLOC = 'DVMSR_MMA_MALLOC'  # 'system': leave glibc's thresholds alone
+__all__ = ['ENV_MALLOC', 'THRESHOLD', 'keep_freed_memory', 'users_choice']
+
+ENV_MALLOC = 'DVMSR_MMA_MALLOC'  # 'auto' (unset): the thresholds below; 'system': glibc's own
 THRESHOLD = 1 << 30  # bytes, for both thresholds
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 _OTHER_ALLOCATORS = ('jemalloc', 'tcmalloc', 'mimalloc')
 
 
 def users_choice() -> bool:
-    """Whether the environment already says how malloc should behave."""
+    """Whether the environment already says how malloc should behave; a :data:`ENV_MALLOC` other than auto or
+    system is refused in one line."""
     env = os.environ
-    return (env.get(ENV_MALLOC, '').strip().lower() == 'system' or any(k.startswith('MALLOC_') for k in env)
+    setting = env.get(ENV_MALLOC, '').strip().lower() or 'auto'
+    if setting not in ('auto', 'system'):
+        raise OptionError(f'{ENV_MALLOC}={env[ENV_MALLOC]}: use auto (the default) or system')
+    return (setting == 'system' or any(k.startswith('MALLOC_') for k in env)
             or 'glibc.malloc' in env.get('GLIBC_TUNABLES', '')
             or any(name in env.get('LD_PRELOAD', '') for name in _OTHER_ALLOCATORS))
 

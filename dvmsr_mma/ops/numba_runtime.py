@@ -359,7 +359,7 @@ def _throttle_spinning(run) -> None:
 
 _ENTRY_CALL = ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # a task entry called from Python (the GIL released)
 _openmp_run = None
-_openmp_checked = False
+_set_up = False  # run_tasks' first kernel call has set the process up
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_key: Tuple[int, int] = (0, 0)
 _pool_lock = threading.Lock()
@@ -382,12 +382,12 @@ def run_tasks(tasks: List[tuple], work) -> None:
     threads = min(torch.get_num_threads(), len(tasks))
     if isinstance(work, CFunc):
         table = task_table(tasks)
-        global _openmp_run, _openmp_checked
-        if not _openmp_checked:  # the first kernel call: set the process up for the kernels
-            _openmp_run, _openmp_checked = _torch_openmp(), True
+        global _openmp_run, _set_up
+        if not _set_up:  # the first kernel call: set the process up for the kernels
+            allocator.keep_freed_memory()  # first: it refuses a bad DVMSR_MMA_MALLOC before anything else is done
+            _openmp_run, _set_up = _torch_openmp(), True
             if _openmp_run is not None:
                 _throttle_spinning(_openmp_run)
-            allocator.keep_freed_memory()
         if threads > 1 and _openmp_run is not None:
             header = np.array([work.address, len(tasks), table.shape[1], 0, table.ctypes.data], np.int64)
             _openmp_run(_team_member.address, header.ctypes.data, threads, 0)
